@@ -1,0 +1,40 @@
+# Two commands do all setup on a fresh machine: `make search` (main job) and `make test`.
+# Both create or reuse .venv and install fer-ray into it (editable) first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fer-ray-installed
+# Pinned so the same wheels are used everywhere (on this machine torch comes from local disk).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv train search test test-fast lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job: until the search lands, one training run on the built-in synthetic faces.
+train search: $(STAMP)
+	$(PY) -m fer_ray.train $(ARGS)
+
+# The whole suite (slow tests included), plus ruff and mypy.
+test: $(STAMP)
+	$(PY) -m ruff check fer_ray tests scripts
+	$(PY) -m mypy fer_ray
+	$(PY) -m pytest -m "slow or not slow" $(ARGS)
+
+# Quick local loop: slow tests skipped.
+test-fast: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check fer_ray tests scripts
+	$(PY) -m mypy fer_ray
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

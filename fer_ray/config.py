@@ -1,0 +1,207 @@
+"""One typed configuration for a training run: model, optimisation, augmentation, data.
+
+Frozen dataclasses with defaults. ``from_dict`` refuses unknown keys (naming them), so a typo
+in a JSON config or a search space fails loudly instead of being silently ignored. The
+resolved config is written as JSON next to every set of weights (``to_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from fer_ray.errors import ConfigError
+
+Activation = Literal["relu", "elu", "leaky_relu", "gelu", "silu"]
+Padding = Literal["same", "valid"]
+OptimizerName = Literal["sgd", "adam", "adamw", "adamax", "nadam", "rmsprop", "adagrad"]
+Schedule = Literal["none", "cosine", "plateau"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The paper's VGG-like CNN family (``vgg_fer``); see ``fer_ray.models.vgg_fer``.
+
+    One entry of ``filters`` per conv block (2..6 blocks); per-block fields
+    (``convs_per_block``, ``dropout``) hold one value per block.
+    """
+
+    name: str = "vgg_fer"
+    filters: tuple[int, ...] = (32, 64, 128)
+    convs_per_block: tuple[int, ...] = (1, 1, 1)
+    dropout: tuple[float, ...] = (0.1, 0.2, 0.3)
+    kernel_size: int = 3
+    padding: Padding = "same"
+    batch_norm: bool = True
+    # An extra conv (no norm, no pool) before the first block, as in the seed network.
+    stem_filters: int = 0
+    dense_units: tuple[int, ...] = (128,)
+    dense_dropout: float = 0.4
+    activation: Activation = "relu"
+    input_size: int = 48
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: OptimizerName = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: Schedule = "cosine"
+    label_smoothing: float = 0.0
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-sample random augmentation strengths; 0 switches a transform off."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    rotation: float = 10.0  # max degrees, uniform in [-rotation, rotation]
+    scale: float = 0.1  # zoom factor uniform in [1 - scale, 1 + scale]
+    translate: float = 0.1  # max shift as a fraction of the image side
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None  # None: the built-in synthetic faces
+    val_fraction: float = 0.1
+    synthetic_size: int = 6000  # images generated when path is None
+    subsample: int | None = None  # keep this many training images (stratified), for quick runs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 10
+    patience: int = 0  # early stopping on validation accuracy; 0 = off
+    seed: int = 0
+
+
+T = TypeVar("T")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field's type, converting lists to tuples and ints to floats."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = (value,)
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(typing.cast(type, annotation), value, prefix=f"{key}.")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {annotation}")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved type annotations of a config dataclass, by field name."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build ``cls`` from a (possibly partial) dict; unknown keys raise ConfigError naming them."""
+    types_by_name = field_types(cls)
+    unknown = sorted(set(data) - set(types_by_name))
+    if unknown:
+        known = ", ".join(types_by_name)
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (known: {known})")
+    values = {k: _coerce(v, types_by_name[k], prefix + k) for k, v in data.items()}
+    return cls(**values)
+
+
+def merge(config: T, overrides: dict[str, Any], prefix: str = "") -> T:
+    """A copy of ``config`` with a (partial, nested) dict of overrides applied and type-checked.
+
+    ``merge(cfg, {"optim": {"lr": 0.01}, "epochs": 5})`` changes just those fields; unknown
+    keys raise ConfigError naming them.
+    """
+    current = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - set(current))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]} (known: {', '.join(current)})"
+        )
+    types_by_name = field_types(type(config))
+    for key, value in overrides.items():
+        if dataclasses.is_dataclass(current[key]) and isinstance(value, dict):
+            current[key] = merge(current[key], value, prefix=f"{prefix}{key}.")
+        else:
+            current[key] = _coerce(value, types_by_name[key], prefix + key)
+    return type(config)(**current)
+
+
+def read_config_dict(path: str | Path) -> dict[str, Any]:
+    """The config mapping in a JSON file (a bare config, or a saved ``{"config": ...}``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]  # a saved model's config.json wraps the config with metadata
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from JSON, full or partial (missing fields come from ``base``/defaults)."""
+    try:
+        return merge(base or TrainConfig(), read_config_dict(path))
+    except ConfigError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,26 @@
+"""Data: loaders for FER2013 CSV / image folders / npz, the built-in synthetic faces, splits."""
+
+from fer_ray.data._types import CLASS_NAMES, NUM_CLASSES, RawDataset, Split
+from fer_ray.data.splits import (
+    FerData,
+    class_distribution,
+    fingerprint,
+    format_class_table,
+    load_data,
+    prepare,
+    stratified_split,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "NUM_CLASSES",
+    "FerData",
+    "RawDataset",
+    "Split",
+    "class_distribution",
+    "fingerprint",
+    "format_class_table",
+    "load_data",
+    "prepare",
+    "stratified_split",
+]

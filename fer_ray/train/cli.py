@@ -1,0 +1,128 @@
+"""``python -m fer_ray.train``: train one model, save weights + config + history, print metrics."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fer_ray._cli import run_main, versions
+from fer_ray.config import TrainConfig, load_config, merge
+from fer_ray.data import CLASS_NAMES, FerData, fingerprint, format_class_table, load_data
+from fer_ray.data.loaders import read_split
+from fer_ray.metrics import accuracy, macro_f1
+from fer_ray.models.io import save_model
+from fer_ray.train.loop import fit, predict_logits, resolve_device
+from fer_ray.train.presets import PRESETS, get_preset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fer_ray.train",
+        description="Train one CNN on FER data (built-in synthetic faces when --data is omitted).",
+    )
+    p.add_argument("--data", help="fer2013.csv, train.csv, an image-folder tree, .npz or folder")
+    p.add_argument("--test", help="an extra labelled test set, evaluated once at the end")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--config", help="JSON config (full or partial) applied over the preset")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--subsample", type=int, help="use this many training images (stratified)")
+    p.add_argument("--synthetic-size", type=int, help="built-in data: images to generate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", help="output folder (default runs/train-<preset>-<time>)")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Preset, then --config JSON, then individual flags: later wins."""
+    config = get_preset(args.preset)
+    if args.config:
+        config = load_config(args.config, base=config)
+    flags: dict[str, Any] = {
+        "epochs": args.epochs, "patience": args.patience, "seed": args.seed,
+        "optim": {"batch_size": args.batch_size, "lr": args.lr},
+        "data": {"path": args.data, "val_fraction": args.val_fraction,
+                 "subsample": args.subsample, "synthetic_size": args.synthetic_size},
+    }
+    return merge(config, drop_none(flags))
+
+
+def drop_none(tree: dict[str, Any]) -> dict[str, Any]:
+    """Remove unset (None) flags, recursively, so they do not override the config."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = drop_none(value)
+        if value is not None and value != {}:
+            out[key] = value
+    return out
+
+
+def evaluate_tests(result_model: Any, data: FerData, device: Any) -> dict[str, dict[str, float]]:
+    """Accuracy and macro-F1 on every labelled test split."""
+    scores = {}
+    for name, split in data.tests.items():
+        if split.labels is None or len(split) == 0:
+            continue
+        preds = predict_logits(result_model, split.images, device).argmax(1).cpu().numpy()
+        scores[name] = {"acc": accuracy(split.labels, preds),
+                        "macro_f1": macro_f1(split.labels, preds), "n": float(len(split))}
+    return scores
+
+
+def train_main(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    data = load_data(config.data, seed=config.seed)
+    if args.test:
+        data.tests["test"] = read_split(args.test, "test")
+    print(f"data: {data.source} ({time.perf_counter() - t0:.1f} s to load)"
+          + (f"; {data.converted} images converted to 48x48 grayscale" if data.converted else ""))
+    print(format_class_table(data))
+    print(f"device: {device}; model: {config.model.filters} filters, "
+          f"{config.epochs} epochs, batch {config.optim.batch_size}")
+
+    def show(m: dict[str, float]) -> None:
+        print(f"epoch {int(m['epoch']):3d}  train_loss {m['train_loss']:.4f}  "
+              f"train_acc {m['train_acc']:.4f}  val_loss {m['val_loss']:.4f}  "
+              f"val_acc {m['val_acc']:.4f}  val_f1 {m['val_macro_f1']:.4f}  "
+              f"{m['images_per_s']:.0f} img/s  {m['epoch_seconds']:.1f} s", flush=True)
+
+    t_fit = time.perf_counter()
+    result = fit(config, data, device, on_epoch=show)
+    train_seconds = time.perf_counter() - t_fit
+    tests = evaluate_tests(result.model, data, device)
+
+    out = Path(args.out or f"runs/train-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    record = {"best": result.best, "tests": tests, "train_seconds": train_seconds,
+              "data": {"source": data.source, "fingerprint": fingerprint(data),
+                       "n_train": len(data.train), "n_val": len(data.val)},
+              "versions": versions()}
+    save_model(result.model, out, config, extra=record)
+    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+    np.save(out / "val_probs.npy", result.val_probs)
+    np.save(out / "val_labels.npy", result.val_labels)
+
+    print(f"best val_acc {result.best.get('val_acc', float('nan')):.4f} "
+          f"(epoch {int(result.best.get('epoch', 0))}), val_macro_f1 "
+          f"{result.best.get('val_macro_f1', float('nan')):.4f}, trained in {train_seconds:.1f} s")
+    for name, s in tests.items():
+        print(f"test[{name}] acc {s['acc']:.4f}  macro_f1 {s['macro_f1']:.4f}  (n={int(s['n'])})")
+    print(f"saved to {out}/ (model.safetensors, config.json, history.csv); classes: "
+          f"{', '.join(CLASS_NAMES)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: train_main(args))
