@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The main job: until the search lands, one training run on the built-in synthetic faces.
-train search: $(STAMP)
+# The main job: a Ray Tune + Optuna + ASHA search on the built-in synthetic faces.
+search: $(STAMP)
+	$(PY) -m fer_ray.search $(ARGS)
+
+# One training run (no Ray).
+train: $(STAMP)
 	$(PY) -m fer_ray.train $(ARGS)
 
 # The whole suite (slow tests included), plus ruff and mypy.

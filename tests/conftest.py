@@ -32,3 +32,30 @@ def small_data() -> FerData:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():  # type: ignore[no-untyped-def]
+    """A real local Ray with 2 CPUs, shared by the tests of a session."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+SMOKE_SEARCH = {"space": "smoke", "synthetic_size": 600, "max_epochs": 3, "grace_period": 1,
+                "num_samples": 5, "name": "exp", "top_k": 3}
+
+
+@pytest.fixture(scope="session")
+def smoke_experiment(ray_local, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A finished 5-trial smoke search (real Ray, real training): (folder, search record)."""
+    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.settings import SearchSettings
+
+    storage = tmp_path_factory.mktemp("search")
+    record = run_experiment(SearchSettings(**{**SMOKE_SEARCH, "storage": str(storage)}))
+    return storage / "exp", record

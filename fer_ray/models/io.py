@@ -30,15 +30,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Write the state dict as safetensors, atomically (temp file + rename)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
 def save_model(model: VGGFer, directory: str | Path, config: TrainConfig,
                extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (config + ``extra`` metadata)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, directory / WEIGHTS)
+    save_weights(model, directory / WEIGHTS)
     payload = {"config": to_dict(config), **(extra or {})}
     atomic_write_text(directory / CONFIG, json.dumps(payload, indent=2))
     return directory

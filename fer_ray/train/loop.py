@@ -43,7 +43,10 @@ def resolve_device(name: str | None = None) -> torch.device:
 
 def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, 48, 48) uint8 array -> (N, 1, 48, 48) uint8 tensor on the device (4x smaller)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
+    array = np.ascontiguousarray(images)
+    if not array.flags.writeable:  # e.g. a zero-copy view from Ray's object store
+        array = array.copy()
+    return torch.from_numpy(array).unsqueeze(1).to(device)
 
 
 def _as_float(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

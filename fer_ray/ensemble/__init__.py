@@ -1,0 +1,1 @@
+"""Ensembles: soft voting, selection, calibration, decision rules (no Ray)."""

@@ -1,0 +1,70 @@
+"""``python -m fer_ray.ensemble``: (re)build an ensemble from a finished experiment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fer_ray._cli import run_main
+from fer_ray.data import CLASS_NAMES
+from fer_ray.ensemble.build import VARIANTS, BuildResult, build_ensemble
+
+
+def format_result(result: BuildResult, top_k: int) -> str:
+    """Validation and test tables for every variant, then the final ensemble's figures."""
+    splits = ["validation", *result.test]
+    lines = [f"\n{'ensemble (top-k ' + str(top_k) + ')':<24}" + "".join(
+        f"{s[:16]:>18}" for s in splits), f"{'':<24}" + "".join(
+        f"{'acc   macro_f1':>18}" for _ in splits)]
+    for variant in VARIANTS:
+        for name in (variant, f"{variant} + TTA"):
+            cells = [result.validation[name]] + [result.test[s][name] for s in result.test]
+            lines.append(f"{name:<24}" + "".join(
+                f"{c['acc']:>10.4f}{c['macro_f1']:>8.4f}" for c in cells))
+    e = result.ensemble
+    lines.append(f"\nchosen on validation: {result.final['variant']} with {len(e.members)} "
+                 f"member(s), weights {', '.join(f'{w:.2f}' for w in e.weights)}; "
+                 f"temperature {e.temperature:.2f}")
+    for split, figures in [("validation", result.final["validation"]),
+                           *[(s, t["final"]) for s, t in result.test.items()]]:
+        lines.append(
+            f"  {split}: acc {figures['acc']:.4f} (adjusted rule {figures['adjusted_acc']:.4f}),"
+            f" macro_f1 {figures['macro_f1']:.4f} -> {figures['adjusted_macro_f1']:.4f}; "
+            f"NLL {figures['nll_before']:.3f} -> {figures['nll_after']:.3f}, "
+            f"ECE {figures['ece_before']:.3f} -> {figures['ece_after']:.3f}; "
+            f"deferring {1 - figures['coverage']:.0%} gives acc {figures['acc_on_kept']:.4f}")
+        recalls = ", ".join(f"{c} {a:.2f}/{b:.2f}" for c, a, b in zip(
+            CLASS_NAMES, figures["recall_argmax"], figures["recall_adjusted"], strict=True))
+        lines.append(f"    recall argmax/adjusted: {recalls}")
+    return "\n".join(lines)
+
+
+def build_and_save(experiment: Path, out: Path | None, top_k: int, method: str,
+                   tta: bool | None, test: str | None = None) -> BuildResult:
+    result = build_ensemble(experiment, top_k=top_k, method=method,  # type: ignore[arg-type]
+                            tta=tta, extra_test=test)
+    target = out or experiment / "ensemble"
+    result.ensemble.save(target)
+    print(format_result(result, top_k))
+    print(f"ensemble saved to {target}/ (ensemble.json + members/*.safetensors); use it with "
+          f"python -m fer_ray.predict --ensemble {target} IMAGES...")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fer_ray.ensemble",
+                                description="Build a soft-voting ensemble from an experiment.")
+    p.add_argument("--experiment", required=True, type=Path, help="<storage>/<name> of a search")
+    p.add_argument("--out", type=Path, help="output folder (default <experiment>/ensemble)")
+    p.add_argument("--top-k", type=int, default=5, help="1 = the best single model")
+    p.add_argument("--method", choices=["uniform", "greedy"], default="greedy")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation (default: chosen on validation)")
+    p.add_argument("--test", help="an extra labelled test set, scored after all choices")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        build_and_save(args.experiment, args.out, args.top_k, args.method, args.tta, args.test)
+        return 0
+
+    return run_main(body)

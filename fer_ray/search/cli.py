@@ -1,0 +1,69 @@
+"""``python -m fer_ray.search``: a Ray Tune + Optuna TPE + ASHA search over the CNN family."""
+
+from __future__ import annotations
+
+import argparse
+
+from fer_ray._cli import run_main
+from fer_ray.search.settings import SearchSettings
+
+DEFAULTS = SearchSettings()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
+    p = argparse.ArgumentParser(
+        prog="python -m fer_ray.search",
+        description="Search CNN hyperparameters with Ray Tune, Optuna (TPE) and ASHA. "
+                    "Without arguments: built-in synthetic faces, the 'small' space, a few "
+                    "minutes on 2 CPU cores.")
+    p.add_argument("--data", help="fer2013.csv, train.csv, image folders, .npz or a folder")
+    p.add_argument("--test", help="a labelled test set, evaluated only after all choices")
+    p.add_argument("--space", default=d.space, help="search space name (search_spaces/) or YAML")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="trials to run")
+    p.add_argument("--max-epochs", type=int, default=d.max_epochs)
+    p.add_argument("--grace-period", type=int, default=d.grace_period,
+                   help="ASHA: epochs every trial gets before it can be stopped")
+    p.add_argument("--reduction-factor", type=int, default=d.reduction_factor)
+    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
+    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
+                   help="fractions share a GPU: 0.25 runs four trials per GPU")
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent,
+                   help="trials at once (0: as many as resources allow)")
+    p.add_argument("--storage", default=d.storage, help="experiments folder (or shared URI)")
+    p.add_argument("--name", default="", help="experiment name (default search-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name")
+    p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="ensemble size")
+    p.add_argument("--time-budget", type=float, help="minutes; then no new trials start")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--subsample", type=int, help="use this many training images (stratified)")
+    p.add_argument("--synthetic-size", type=int, default=d.synthetic_size,
+                   help="built-in data: images to generate")
+    p.add_argument("--max-failures", type=int, default=d.max_failures,
+                   help="retries of a crashed trial (from its last checkpoint)")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    values = {k: v for k, v in vars(args).items() if k != "resume"}
+    return SearchSettings(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from fer_ray.ensemble.cli import build_and_save
+        from fer_ray.search.experiment import run_experiment  # imports Ray: after parsing
+        from fer_ray.search.settings import experiment_dir
+
+        record = run_experiment(settings_from_args(args), resume=args.resume)
+        # The search ends with its ensemble, chosen on validation, scored once on the tests.
+        settings = SearchSettings(**record["settings"])
+        build_and_save(experiment_dir(settings), None, settings.top_k, "greedy", None)
+        return 0
+
+    return run_main(body)

@@ -1,0 +1,131 @@
+"""One experiment end to end: record settings, search, write results, report the best model.
+
+Layout under ``<storage>/<name>/``: Ray's experiment folder (trial folders with their
+checkpoints), ``search.json`` (resolved settings, space, data fingerprint, versions, outcome)
+and ``results.parquet`` (one row per trial).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fer_ray._cli import versions
+from fer_ray.config import to_dict
+from fer_ray.data import fingerprint, format_class_table
+from fer_ray.errors import ConfigError, DataError
+from fer_ray.metrics import accuracy, macro_f1
+from fer_ray.models.io import atomic_write_text, load_model
+from fer_ray.search.results import (
+    USABLE,
+    as_jsonable,
+    leaderboard,
+    status_counts,
+    trial_rows,
+    write_parquet,
+)
+from fer_ray.search.settings import (
+    RESULTS_PARQUET,
+    SEARCH_JSON,
+    SearchSettings,
+    experiment_dir,
+    load_search_data,
+    read_search_json,
+    settings_from_record,
+)
+from fer_ray.search.tuner import SearchRun, run_search
+from fer_ray.space import load_space
+from fer_ray.train.loop import predict_logits
+
+
+def resolve_settings(settings: SearchSettings, resume: bool) -> SearchSettings:
+    """A fresh search gets a name; a resumed one takes its saved settings (but --address)."""
+    if not resume:
+        name = settings.name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+        return SearchSettings(**{**settings.to_dict(), "name": name}).check()
+    if not settings.name:
+        raise ConfigError("--resume needs --name (the experiment to continue)")
+    path = experiment_dir(settings)
+    saved = settings_from_record(read_search_json(path), path)
+    return SearchSettings(**{**saved.to_dict(), "storage": settings.storage,
+                             "address": settings.address or saved.address})
+
+
+def _check_storage(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--storage: cannot write to {path} ({exc.strerror})") from None
+
+
+def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
+    """The best trial's best checkpoint on every labelled test split (after all choices)."""
+    usable = df[df["status"].isin(USABLE) & (df["best_checkpoint"] != "")]
+    if usable.empty or not run.data.tests:
+        return {}
+    model, _ = load_model(usable.iloc[0]["best_checkpoint"])
+    scores = {}
+    for name, split in run.data.tests.items():
+        if split.labels is None:
+            continue
+        preds = predict_logits(model, split.images).argmax(1).cpu().numpy()
+        scores[name] = {"acc": accuracy(split.labels, preds),
+                        "macro_f1": macro_f1(split.labels, preds), "n": len(split)}
+    return scores
+
+
+def run_experiment(settings: SearchSettings, resume: bool = False,
+                   fail_at_epoch: int = 0) -> dict[str, Any]:
+    """Run or resume a search, write search.json and results.parquet, print a leaderboard."""
+    settings = resolve_settings(settings, resume)
+    space = load_space(settings.space)  # a bad space fails before Ray starts
+    path = experiment_dir(settings)
+    _check_storage(path)
+    record: dict[str, Any] = read_search_json(path) if resume else {}
+
+    print(f"experiment {path}  (space {settings.space}, {settings.num_samples} trials, "
+          f"{settings.max_epochs} epochs max, ASHA grace {settings.grace_period}, "
+          f"reduction {settings.reduction_factor})", flush=True)
+    data = load_search_data(settings)
+    print(format_class_table(data), flush=True)
+    if resume:
+        if fingerprint(data) != record.get("data", {}).get("fingerprint"):
+            raise DataError(f"{path}: the data no longer matches the experiment's fingerprint")
+    else:
+        # Record the settings before the first trial, so an interrupted search can be resumed.
+        record = {"settings": settings.to_dict(), "data": {
+            "source": data.source, "fingerprint": fingerprint(data), "n_train": len(data.train),
+            "n_val": len(data.val), "tests": {k: len(v) for k, v in data.tests.items()},
+            "converted": data.converted}, "versions": versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(path / SEARCH_JSON, json.dumps(record, indent=2))
+    run = run_search(settings, space, data, resume=resume, fail_at_epoch=fail_at_epoch)
+
+    df = trial_rows(run.results, run.space, run.base, settings.metric, settings.mode,
+                    settings.max_epochs)
+    write_parquet(df, path / RESULTS_PARQUET)
+    tests = evaluate_best(df, run)
+    record.update({
+        "space": {"name": run.space.name, "source": run.space.source},
+        "base_config": to_dict(run.base), "wall_seconds": run.wall_seconds,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "trials": status_counts(df),
+        "best": as_jsonable(df.iloc[0][["trial_id", "val_acc", "val_macro_f1", "best_epoch",
+                                        "best_checkpoint"]].to_dict()) if len(df) else {},
+        "best_single_test": tests,
+    })
+    atomic_write_text(path / SEARCH_JSON, json.dumps(as_jsonable(record), indent=2))
+
+    print(f"\nsearch finished in {run.wall_seconds:.0f} s: {len(df)} trials "
+          f"({', '.join(f'{v} {k}' for k, v in status_counts(df).items())})")
+    print(leaderboard(df))
+    for name, s in tests.items():
+        print(f"best single model on {name}: acc {s['acc']:.4f}  macro_f1 {s['macro_f1']:.4f}"
+              f"  (n={s['n']})")
+    print(f"\nresults: {path / RESULTS_PARQUET}\nsettings: {path / SEARCH_JSON}\n"
+          f"trials and checkpoints: {path}/")
+    return record

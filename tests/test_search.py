@@ -1,0 +1,154 @@
+"""The search with a real local Ray: results, best checkpoints, retries, budget, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fer_ray.config import TrainConfig, from_dict
+from fer_ray.metrics import accuracy
+from fer_ray.models.io import load_model
+from fer_ray.search.cli import main
+from fer_ray.search.settings import SearchSettings
+from fer_ray.train.loop import predict_logits
+
+SMOKE = {"space": "smoke", "synthetic_size": 600, "max_epochs": 3, "grace_period": 1,
+         "num_samples": 4}
+
+
+def _settings(tmp_path: Path, **kw: Any) -> SearchSettings:
+    return SearchSettings(**{**SMOKE, "storage": str(tmp_path), "name": "exp", **kw})
+
+
+def test_results_have_one_row_per_trial(smoke_experiment: tuple[Path, dict[str, Any]]) -> None:
+    path, record = smoke_experiment
+    df = pd.read_parquet(path / "results.parquet")
+    assert len(df) == 5 and df["trial_id"].is_unique
+    assert sum(record["trials"].values()) == 5
+    assert set(df["status"]) <= {"completed", "early_stopped"}
+    assert (df["epochs_run"] <= 3).all() and (df["epochs_run"] >= 1).all()
+    assert (df["asha_stopped"] == (df["epochs_run"] < 3)).all()
+    assert df["val_acc"].is_monotonic_decreasing  # sorted, best first
+    assert {"param.optim.lr", "param.model.filters.0", "config_json", "wall_time_s",
+            "node_ids", "best_checkpoint"} <= set(df.columns)
+    saved = json.loads((path / "search.json").read_text())
+    assert saved["settings"]["num_samples"] == 5 and len(saved["data"]["fingerprint"]) == 16
+    assert saved["best"]["trial_id"] == df.iloc[0]["trial_id"]
+    assert "torch" in saved["versions"] and "ray" in saved["versions"]
+
+
+def test_best_checkpoints_reproduce_their_validation_accuracy(
+        smoke_experiment: tuple[Path, dict[str, Any]]) -> None:
+    from fer_ray.search.settings import load_search_data
+
+    path, _ = smoke_experiment
+    df = pd.read_parquet(path / "results.parquet")
+    data = load_search_data(_settings(path.parent))
+    assert data.val.labels is not None
+    for _, row in df.iterrows():
+        ckpt = Path(row["best_checkpoint"])
+        model, config = load_model(ckpt)
+        assert config == from_dict(TrainConfig, json.loads(row["config_json"]))
+        preds = predict_logits(model, data.val.images).argmax(1).numpy()
+        assert accuracy(data.val.labels, preds) == pytest.approx(row["val_acc"])
+        probs = np.load(ckpt / "val_probs.npy")
+        assert accuracy(np.load(ckpt / "val_labels.npy"), probs.argmax(1)) == row["val_acc"]
+        assert json.loads((ckpt / "config.json").read_text())["epoch"] == row["best_epoch"]
+
+
+def test_crashed_trials_retry_from_their_checkpoint(ray_local: Any, tmp_path: Path) -> None:
+    """Every trial raises once after epoch 1; with max_failures it resumes at epoch 1."""
+    from fer_ray.search.experiment import run_experiment
+
+    run_experiment(_settings(tmp_path, num_samples=2, grace_period=3, max_failures=1),
+                   fail_at_epoch=1)
+    df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
+    assert list(df["status"]) == ["completed", "completed"]
+    assert list(df["resumed_from_epoch"]) == [1, 1]
+    for _, row in df.iterrows():  # epochs 2..3 after the retry, none repeated
+        lines = (Path(row["best_checkpoint"]).parent / "result.json").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_time_budget_stops_launching_trials(ray_local: Any, tmp_path: Path) -> None:
+    from fer_ray.search.experiment import run_experiment
+
+    record = run_experiment(_settings(tmp_path, num_samples=50, time_budget=0.1))
+    assert 1 <= sum(record["trials"].values()) < 50
+    assert (tmp_path / "exp" / "results.parquet").is_file()
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fer_ray.search", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--space", "nope"], "nope.yaml: no such search space (available spaces:"),
+    (["--num-samples", "0"], "--num-samples: 0 must be at least 1"),
+    (["--resume", "--name", "nothing-here"], "not a fer-ray experiment"),
+    (["--data", "/no/such/dir"], "/no/such/dir: no such file or directory"),
+])
+def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    proc = _run_cli(*args, "--storage", str(tmp_path))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+def test_cli_bad_yaml_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  optim.lrr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
+    assert main(["--space", str(bad), "--storage", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_gpus_per_trial_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    proc = _run_cli("--space", "smoke", "--gpus-per-trial", "0.5", "--storage", str(tmp_path),
+                    "--synthetic-size", "300")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --gpus-per-trial 0.5: the Ray cluster has no GPU "
+        "(use --gpus-per-trial 0 to train on CPUs)"]
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+    """kill -9 the driver after two trials finished; --resume completes the 6 trials asked."""
+    args = ["--space", "smoke", "--synthetic-size", "600", "--max-epochs", "3",
+            "--num-samples", "6", "--max-concurrent", "1", "--storage", str(tmp_path),
+            "--name", "exp"]
+    proc = subprocess.Popen([sys.executable, "-m", "fer_ray.search", *args],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    finished: list[str] = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        if line.startswith("[") and "trial" in line:
+            finished.append(line.split("trial ")[1].split(":")[0])
+        if len(finished) == 2 or time.time() > deadline:
+            break
+    time.sleep(3)  # mid-run: the third trial is training when the driver dies
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = time.time()
+    assert len(finished) == 2
+
+    resumed = _run_cli("--resume", "--name", "exp", "--storage", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
+    assert len(df) == 6 and set(finished) <= set(df["trial_id"])
+    for trial in finished:  # finished trials were kept, and not trained again after the kill
+        lines = (tmp_path / "exp" / f"trial_{trial}" / "result.json").read_text().splitlines()
+        results = [json.loads(line) for line in lines]
+        assert [r["epoch"] for r in results] == list(range(1, len(results) + 1))
+        assert all(r["timestamp"] <= killed_at for r in results)
