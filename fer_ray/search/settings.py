@@ -26,7 +26,7 @@ class SearchSettings:
     data: str | None = None
     test: str | None = None
     space: str = "small"
-    num_samples: int = 20
+    num_samples: int = 16
     max_epochs: int = 6
     grace_period: int = 1
     reduction_factor: int = 2

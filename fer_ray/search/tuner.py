@@ -37,6 +37,15 @@ from fer_ray.search.settings import SearchSettings, base_config, experiment_dir
 from fer_ray.trainable import TrialData, TrialSetup, fer_trainable
 
 
+class _DropTempFileSyncRace(logging.Filter):
+    """Ray's state sync can list a temp file that is renamed before it is copied; the next
+    snapshot syncs the renamed file, so this one error (with a traceback) is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, FileNotFoundError) and "-tmp-" in str(exc))
+
+
 class BudgetedLimiter(ConcurrencyLimiter):
     """A concurrency limit that also stops proposing trials once a wall-clock deadline passes.
 
@@ -106,6 +115,7 @@ class SearchRun:
 def init_ray(settings: SearchSettings) -> None:
     """Start a local Ray (dashboard off unless asked) or join the cluster at --address."""
     logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_DropTempFileSyncRace())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", module="ray")
     if ray.is_initialized():
