@@ -54,7 +54,10 @@ class TrialSetup:
     max_epochs: int
     cpus_per_trial: float
     device: str = "auto"
-    fail_at_epoch: int = 0  # fault injection for tests: raise once after this epoch (0 = off)
+    # Fault injection for tests: raise after this epoch (0 = off), on the first attempt only
+    # ("once") or on every attempt ("always").
+    fail_at_epoch: int = 0
+    fail_mode: str = "once"
 
 
 def trial_config(params: dict[str, Any], setup: TrialSetup) -> TrainConfig:
@@ -101,6 +104,8 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
                                map_location=trainer.device)
             trainer.load_state_dict(state)
     resumed_from = trainer.epoch
+    if setup.fail_mode == "always" and 0 < setup.fail_at_epoch <= resumed_from:
+        raise RuntimeError(f"injected failure on resume at epoch {resumed_from}")
 
     while trainer.epoch < setup.max_epochs:
         metrics: dict[str, Any] = dict(trainer.run_epoch())
@@ -116,5 +121,6 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
             np.save(Path(tmp) / VAL_LABELS, trainer.val_labels)
             torch.save(trainer.state_dict(), Path(tmp) / TRAINER_STATE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        if setup.fail_at_epoch and trainer.epoch == setup.fail_at_epoch and resumed_from == 0:
+        if trainer.epoch == setup.fail_at_epoch and (resumed_from == 0
+                                                     or setup.fail_mode == "always"):
             raise RuntimeError(f"injected failure after epoch {trainer.epoch}")

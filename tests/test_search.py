@@ -71,7 +71,7 @@ def test_crashed_trials_retry_from_their_checkpoint(ray_local: Any, tmp_path: Pa
     from fer_ray.search.experiment import run_experiment
 
     run_experiment(_settings(tmp_path, num_samples=2, grace_period=3, max_failures=1),
-                   fail_at_epoch=1)
+                   fault=(1, "once"))
     df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
     assert list(df["status"]) == ["completed", "completed"]
     assert list(df["resumed_from_epoch"]) == [1, 1]

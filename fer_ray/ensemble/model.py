@@ -12,6 +12,8 @@ optionally abstain ("defer") when the confidence is below a threshold chosen on 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,24 +103,40 @@ class Ensemble:
         return self.decide(self.predict_proba(images), rule)[0]
 
     def save(self, directory: str | Path) -> Path:
-        """Write members/<name>.safetensors and ensemble.json (last, atomically)."""
+        """Write members/<name>.safetensors and ensemble.json.
+
+        Written into a sibling temp folder that then replaces ``directory``, so an interrupted
+        save leaves the previous ensemble whole (never old members under a new json).
+        """
         directory = Path(directory)
-        (directory / "members").mkdir(parents=True, exist_ok=True)
-        entries = []
-        for member in self.members:
-            weights_file = f"members/{member.name}.safetensors"
-            save_weights(member.model, directory / weights_file)
-            entries.append({"name": member.name, "weights_file": weights_file,
-                            "config": to_dict(member.config), "info": member.info})
-        record = {
-            "format_version": FORMAT_VERSION, "classes": list(CLASS_NAMES),
-            "members": entries, "weights": [float(w) for w in self.weights],
-            "tta": self.tta, "temperature": float(self.temperature),
-            "class_biases": [float(b) for b in self.class_biases],
-            "defer": {"kind": self.defer_kind, "threshold": self.defer_threshold},
-            "info": self.info,
-        }
-        atomic_write_text(directory / ENSEMBLE_JSON, json.dumps(record, indent=2))
+        tmp = directory.with_name(f".{directory.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "members").mkdir(parents=True)
+        try:
+            entries = []
+            for member in self.members:
+                weights_file = f"members/{member.name}.safetensors"
+                save_weights(member.model, tmp / weights_file)
+                entries.append({"name": member.name, "weights_file": weights_file,
+                                "config": to_dict(member.config), "info": member.info})
+            record = {
+                "format_version": FORMAT_VERSION, "classes": list(CLASS_NAMES),
+                "members": entries, "weights": [float(w) for w in self.weights],
+                "tta": self.tta, "temperature": float(self.temperature),
+                "class_biases": [float(b) for b in self.class_biases],
+                "defer": {"kind": self.defer_kind, "threshold": self.defer_threshold},
+                "info": self.info,
+            }
+            atomic_write_text(tmp / ENSEMBLE_JSON, json.dumps(record, indent=2))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = directory.with_name(f".{directory.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
         return directory
 
     @classmethod

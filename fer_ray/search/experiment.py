@@ -80,7 +80,7 @@ def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
 
 
 def run_experiment(settings: SearchSettings, resume: bool = False,
-                   fail_at_epoch: int = 0) -> dict[str, Any]:
+                   fault: tuple[int, str] = (0, "once")) -> dict[str, Any]:
     """Run or resume a search, write search.json and results.parquet, print a leaderboard."""
     settings = resolve_settings(settings, resume)
     space = load_space(settings.space)  # a bad space fails before Ray starts
@@ -104,7 +104,7 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
             "converted": data.converted}, "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_text(path / SEARCH_JSON, json.dumps(record, indent=2))
-    run = run_search(settings, space, data, resume=resume, fail_at_epoch=fail_at_epoch)
+    run = run_search(settings, space, data, resume=resume, fault=fault)
 
     df = trial_rows(run.results, run.space, run.base, settings.metric, settings.mode,
                     settings.max_epochs)

@@ -106,7 +106,11 @@ def trial_rows(results: Any, space: SearchSpace, base: TrainConfig, metric: str,
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
+    try:
+        df.to_parquet(tmp, index=False)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

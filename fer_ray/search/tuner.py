@@ -145,12 +145,13 @@ def _max_concurrent(settings: SearchSettings) -> int:
 
 
 def build_trainable(settings: SearchSettings, space: SearchSpace, base: TrainConfig,
-                    data: FerData, fail_at_epoch: int = 0) -> Any:
+                    data: FerData, fault: tuple[int, str] = (0, "once")) -> Any:
     """The trainable with data in the object store and per-trial resources attached."""
     assert data.train.labels is not None and data.val.labels is not None
     arrays = TrialData(data.train.images, data.train.labels, data.val.images, data.val.labels)
     setup = TrialSetup(space=space, base=base, max_epochs=settings.max_epochs,
-                       cpus_per_trial=settings.cpus_per_trial, fail_at_epoch=fail_at_epoch)
+                       cpus_per_trial=settings.cpus_per_trial, fail_at_epoch=fault[0],
+                       fail_mode=fault[1])
     trainable = tune.with_parameters(fer_trainable, data=arrays, setup=setup)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial,
                                            "gpu": settings.gpus_per_trial})
@@ -178,16 +179,17 @@ def run_config(settings: SearchSettings) -> tune.RunConfig:
 
 
 def run_search(settings: SearchSettings, space: SearchSpace, data: FerData,
-               resume: bool = False, fail_at_epoch: int = 0) -> SearchRun:
+               resume: bool = False, fault: tuple[int, str] = (0, "once")) -> SearchRun:
     """Run (or resume) the search described by ``settings`` on ``data``.
 
-    fail_at_epoch: fault injection for tests (each trial raises once after that epoch).
+    fault: (epoch, "once"|"always") fault injection for tests: each trial raises after that
+    epoch, on its first attempt or on every attempt.
     """
     start = time.time()
     base = base_config(settings)
     init_ray(settings)
     max_concurrent = _max_concurrent(settings)
-    trainable = build_trainable(settings, space, base, data, fail_at_epoch)
+    trainable = build_trainable(settings, space, base, data, fault)
     path = experiment_dir(settings)
 
     if resume:

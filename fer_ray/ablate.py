@@ -1,0 +1,225 @@
+"""``python -m fer_ray.ablate``: what augmentation and early stopping are worth, over seeds.
+
+One network (a preset, or a saved config such as a trial's ``config.json``) trained as four
+variants, each with seeds 0..S-1 on the same train/validation split:
+
+- no augmentation, fixed epochs
+- flip only, fixed epochs
+- full augmentation (the config's own), fixed epochs
+- full augmentation, early stopping (patience max(2, epochs // 4))
+
+"Fixed epochs" keeps the last epoch's weights; "early stopping" stops after ``patience``
+epochs without a better validation accuracy and keeps the best epoch's weights. The first
+three isolate augmentation, the last two early stopping. Writes ``ablation.csv`` (one row per
+run), ``ablation.md`` (mean ± std per variant) and ``ablation.png``. No Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fer_ray._cli import run_main
+from fer_ray.config import AugmentConfig, TrainConfig, merge
+from fer_ray.data import FerData, load_data
+from fer_ray.data.loaders import read_split
+from fer_ray.errors import ConfigError
+from fer_ray.metrics import accuracy, macro_f1
+from fer_ray.train.cli import resolve_config
+from fer_ray.train.loop import Trainer, predict_logits, resolve_device
+from fer_ray.train.presets import PRESETS
+
+NO_AUGMENT = AugmentConfig(hflip=0.0, rotation=0.0, scale=0.0, translate=0.0)
+METRICS = ("val_acc", "val_macro_f1", "best_val_acc", "epochs_run", "seconds")
+
+
+def variants(config: TrainConfig, patience: int) -> dict[str, TrainConfig]:
+    """The four configs by variant name (see the module docstring); seeds are set later."""
+    full = config.augment
+    flip = replace(NO_AUGMENT, hflip=full.hflip if full.hflip > 0 else 0.5)
+    fixed = replace(config, patience=0)
+    return {
+        "no augmentation, fixed epochs": replace(fixed, augment=NO_AUGMENT),
+        "flip only, fixed epochs": replace(fixed, augment=flip),
+        "full augmentation, fixed epochs": fixed,
+        f"full augmentation, early stopping (patience {patience})":
+            replace(config, patience=patience),
+    }
+
+
+def train_once(config: TrainConfig, data: FerData, device: torch.device) -> dict[str, Any]:
+    """One run: fixed epochs (patience 0, last weights) or early stopping (best weights).
+
+    Returns val_acc / val_macro_f1 of the kept weights, best_val_acc over epochs, epochs_run,
+    best_epoch, seconds and test_acc.<split> for every labelled test split.
+    """
+    start = time.perf_counter()
+    trainer = Trainer(config, data.train, data.val, device)
+    best: dict[str, float] = {}
+    best_state: dict[str, torch.Tensor] = {}
+    last: dict[str, float] = {}
+    stale = 0
+    for _ in range(config.epochs):
+        last = trainer.run_epoch()
+        if not np.isfinite(last["train_loss"]):
+            break  # diverged: more epochs cannot help
+        if not best or last["val_acc"] > best["val_acc"]:
+            best, stale = dict(last), 0
+            if config.patience:
+                best_state = copy.deepcopy(trainer.model.state_dict())
+        else:
+            stale += 1
+            if config.patience and stale >= config.patience:
+                break
+    kept = last
+    if config.patience and best_state:
+        trainer.model.load_state_dict(best_state)
+        kept = best
+    trainer.model.eval()
+    row: dict[str, Any] = {
+        "val_acc": kept.get("val_acc", 0.0), "val_macro_f1": kept.get("val_macro_f1", 0.0),
+        "best_val_acc": best.get("val_acc", 0.0), "best_epoch": int(best.get("epoch", 0)),
+        "epochs_run": trainer.epoch, "seconds": time.perf_counter() - start}
+    for name, split in data.tests.items():
+        if split.labels is None or not len(split):
+            continue
+        preds = predict_logits(trainer.model, split.images, device).argmax(1).cpu().numpy()
+        row[f"test_acc.{name}"] = accuracy(split.labels, preds)
+        row[f"test_macro_f1.{name}"] = macro_f1(split.labels, preds)
+    return row
+
+
+def run_ablation(config: TrainConfig, data: FerData, seeds: int, patience: int,
+                 device: torch.device, log: Any = print) -> pd.DataFrame:
+    """len(variants) x seeds runs; one row each (variant, augmentation, early_stopping, seed,
+    metrics). The data split stays fixed: only the training seed varies."""
+    rows = []
+    for name, variant in variants(config, patience).items():
+        for seed in range(seeds):
+            row = train_once(replace(variant, seed=seed), data, device)
+            a = variant.augment
+            rows.append({"variant": name, "seed": seed,
+                         "augmentation": f"hflip {a.hflip:g}, rotation {a.rotation:g}, "
+                                         f"scale {a.scale:g}, translate {a.translate:g}",
+                         "early_stopping": variant.patience, **row})
+            tests = " ".join(f"{k.removeprefix('test_acc.')} {v:.4f}"
+                             for k, v in row.items() if k.startswith("test_acc."))
+            log(f"{name:<52} seed {seed}: val_acc {row['val_acc']:.4f}  "
+                f"epochs {row['epochs_run']}  {row['seconds']:.1f} s  {tests}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def summarize(runs: pd.DataFrame, text: bool = True) -> pd.DataFrame:
+    """Per variant (in run order): mean and std over seeds of val/test accuracy, epochs run
+    and seconds. text=True: one 'mean ± std' string per metric (accuracies in %);
+    text=False: numeric '<metric> mean' and '<metric> std' columns (accuracies as fractions).
+    """
+    metrics = [m for m in ("val_acc", *sorted(c for c in runs.columns
+                                              if c.startswith("test_acc.")),
+                           "epochs_run", "seconds") if m in runs.columns]
+    order = list(dict.fromkeys(runs["variant"]))
+    grouped = runs.groupby("variant", sort=False)[metrics]
+    mean, std = grouped.mean().loc[order], grouped.std(ddof=1).loc[order]
+    if not text:
+        table = pd.concat({f"{m} mean": mean[m] for m in metrics} |
+                          {f"{m} std": std[m] for m in metrics}, axis=1)
+        table["seeds"] = runs.groupby("variant", sort=False).size().loc[order]
+        return table
+    table = pd.DataFrame(index=pd.Index(order, name="variant"))
+    for m in metrics:
+        scale, fmt = (100.0, "{:.1f} ± {:.1f}") if "acc" in m else (1.0, "{:.1f} ± {:.1f}")
+        label = {"val_acc": "val acc %", "epochs_run": "epochs run", "seconds": "seconds"}.get(
+            m, m.replace("test_acc.", "test acc % ") if m.startswith("test_acc.") else m)
+        table[label] = [fmt.format(scale * a, scale * (0.0 if np.isnan(b) else b))
+                        for a, b in zip(mean[m], std[m], strict=True)]
+    table["seeds"] = runs.groupby("variant", sort=False).size().loc[order].to_numpy()
+    return table
+
+
+def write_outputs(runs: pd.DataFrame, out: Path, header: str) -> pd.DataFrame:
+    """ablation.csv, ablation.md and ablation.png in ``out``; returns the text summary."""
+    from fer_ray.report.document import markdown_table
+    from fer_ray.report.figures import plot_ablation
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "ablation.csv", index=False)
+    table = summarize(runs)
+    (out / "ablation.md").write_text(
+        f"# Ablation: augmentation and early stopping\n\n{header}\n\n"
+        f"{markdown_table(table)}\n\n![ablation](ablation.png)\n")
+    plot_ablation(summarize(runs, text=False), out / "ablation.png")
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fer_ray.ablate",
+                                description="Train one network with and without augmentation "
+                                            "and early stopping, over several seeds.")
+    p.add_argument("--data", help="FER data (default: the config's data, else built-in faces)")
+    p.add_argument("--test", help="an extra labelled test set")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), help="default: small")
+    source.add_argument("--config", help="a saved config.json (e.g. a trial checkpoint's)")
+    p.add_argument("--epochs", type=int, help="epochs per run (default: the config's)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds 0..S-1 per variant")
+    p.add_argument("--patience", type=int, help="early-stopping patience (max(2, epochs//4))")
+    p.add_argument("--subsample", type=int, help="training images to use (stratified)")
+    p.add_argument("--synthetic-size", type=int, help="built-in data: images to generate")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    p.add_argument("--out", type=Path, help="output folder (default runs/ablation-<time>)")
+    return p
+
+
+def ablate_main(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: {args.seeds} must be at least 1")
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs: {args.epochs} must be at least 1")
+    flags = argparse.Namespace(
+        preset=args.preset or "small", config=args.config, epochs=args.epochs, patience=None,
+        seed=None, batch_size=None, lr=None, data=args.data, val_fraction=None,
+        subsample=args.subsample, synthetic_size=args.synthetic_size)
+    config = resolve_config(flags)  # preset, then --config, then flags: as fer_ray.train
+    patience = args.patience if args.patience is not None else max(2, config.epochs // 4)
+    if patience < 1:
+        raise ConfigError(f"--patience: {patience} must be at least 1")
+    data = load_data(config.data, seed=0)  # one split for every run
+    if args.test:
+        test = read_split(args.test, "test")
+        if not any(np.array_equal(test.images, t.images) for t in data.tests.values()):
+            data.tests["test"] = test
+    device = resolve_device(args.device)
+    config = merge(config, {"seed": 0})
+    n_runs = 4 * args.seeds
+    print(f"data: {data.source}: train {len(data.train):,}, val {len(data.val):,}, tests "
+          f"{', '.join(f'{k} {len(v):,}' for k, v in data.tests.items()) or 'none'}; "
+          f"{n_runs} runs of {config.epochs} epochs on {device}", flush=True)
+    runs = run_ablation(config, data, args.seeds, patience, device)
+    out = args.out or Path(f"runs/ablation-{time.strftime('%Y%m%d-%H%M%S')}")
+    source = f"config `{args.config}`" if args.config else f"preset `{flags.preset}`"
+    header = (f"Network: {source}, filters {list(config.model.filters)}; {config.epochs} "
+              f"epochs; seeds 0..{args.seeds - 1}; data {data.source} (train "
+              f"{len(data.train):,}, val {len(data.val):,}). Accuracies in %, mean ± std "
+              "over seeds; 'fixed epochs' keeps the last epoch's weights, 'early stopping' "
+              "the best epoch's.")
+    table = write_outputs(runs, out, header)
+    print(table.to_string())
+    print(f"saved to {out}/ (ablation.csv, ablation.md, ablation.png)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: ablate_main(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""``python -m fer_ray.report``: figures, report.md and a self-contained report.html for one
+finished experiment (``<storage>/<name>/``). No Ray: it reads what the search wrote.
+
+Reading order: data -> errors (confusion matrices) -> training curves -> the search ->
+the ensemble -> the ablation (when one was run). Sections whose inputs are missing (no
+ensemble folder, data no longer at its path) are replaced by a note, not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fer_ray._cli import run_main
+from fer_ray.data import FerData, Split, fingerprint
+from fer_ray.data.loaders import read_split
+from fer_ray.ensemble.calibration import temperature_scale
+from fer_ray.ensemble.model import ENSEMBLE_JSON, Ensemble
+from fer_ray.errors import ConfigError, DataError, FerRayError
+from fer_ray.models.io import load_model
+from fer_ray.search.results import USABLE
+from fer_ray.search.settings import (
+    RESULTS_PARQUET,
+    SearchSettings,
+    load_search_data,
+    read_search_json,
+    settings_from_record,
+)
+from fer_ray.space import load_space
+from fer_ray.train.loop import predict_logits
+
+MAX_CANDIDATES = 20  # as many trials as an ensemble build considers
+
+
+@dataclass
+class Inputs:
+    """Everything the report draws from. probs: split -> (N, 7); labels: split -> (N,)."""
+
+    experiment: Path
+    record: dict[str, Any]
+    settings: SearchSettings
+    results: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    data: FerData | None = None
+    ensemble: Ensemble | None = None
+    single_id: str = ""
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    ens_raw: dict[str, np.ndarray] = field(default_factory=dict)  # before temperature
+    ens_cal: dict[str, np.ndarray] = field(default_factory=dict)  # after temperature
+    single: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_history(trial_dir: Path) -> pd.DataFrame:
+    """Per-epoch rows of a trial (result.json lines, else progress.csv); empty if neither.
+
+    Only rows with status_flag 'ok' are epochs (diverged/invalid reports are not).
+    """
+    rows: list[dict[str, Any]] = []
+    result = trial_dir / "result.json"
+    if result.is_file():
+        for line in result.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+        df = pd.DataFrame(rows)
+    elif (trial_dir / "progress.csv").is_file():
+        df = pd.read_csv(trial_dir / "progress.csv")
+    else:
+        return pd.DataFrame(columns=["epoch", "val_acc"])
+    if "status_flag" in df:
+        df = df[df["status_flag"] == "ok"]
+    if not {"epoch", "val_acc"} <= set(df.columns):
+        return pd.DataFrame(columns=["epoch", "val_acc"])
+    return df.dropna(subset=["epoch", "val_acc"]).sort_values("epoch").reset_index(drop=True)
+
+
+def launch_order(results: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Series:
+    """1-based launch rank of each results row: start = first report's timestamp minus its
+    time_total_s. Without timestamps for every trial, the results' row order is used."""
+    starts = []
+    for trial in results["trial_id"].astype(str):
+        h = histories.get(trial, pd.DataFrame())
+        if h.empty or not {"timestamp", "time_total_s"} <= set(h.columns):
+            return pd.Series(np.arange(1, len(results) + 1), index=results.index)
+        starts.append(float(h["timestamp"].iloc[0]) - float(h["time_total_s"].iloc[0]))
+    ranks = pd.Series(starts, index=results.index).rank(method="first")
+    return ranks.astype(int)
+
+
+def checkpoint_of(experiment: Path, row: pd.Series) -> Path | None:
+    """A row's best checkpoint; if the experiment moved, the same folder under it."""
+    if not row.get("best_checkpoint"):
+        return None
+    path = Path(str(row["best_checkpoint"]))
+    if path.is_dir():
+        return path
+    moved = experiment / f"trial_{row['trial_id']}" / path.name
+    return moved if moved.is_dir() else None
+
+
+def stored_val_probas(inputs: Inputs) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(n, N_val, 7) stored validation probabilities of the best usable trials, best first,
+    (N_val,) their labels and the trial ids; empty when no checkpoint holds them."""
+    probas, names, labels = [], [], np.zeros(0, dtype=np.int64)
+    for _, row in usable(inputs.results).head(MAX_CANDIDATES).iterrows():
+        ckpt = checkpoint_of(inputs.experiment, row)
+        if ckpt is None or not (ckpt / "val_probs.npy").is_file():
+            continue
+        probs, lab = np.load(ckpt / "val_probs.npy"), np.load(ckpt / "val_labels.npy")
+        if probas and (probs.shape != probas[0].shape or not np.array_equal(lab, labels)):
+            continue  # not the same validation split: cannot be averaged
+        probas.append(probs)
+        labels = lab
+        names.append(str(row["trial_id"]))
+    return (np.stack(probas) if probas else np.zeros((0, 0, 7))), labels, names
+
+
+def log_columns(results: pd.DataFrame, record: dict[str, Any]) -> set[str]:
+    """The ``param.*`` columns drawn log-uniformly (learning rates): from the experiment's
+    search space when it still loads, else positive columns spanning two decades or more."""
+    columns = [c for c in results.columns if c.startswith("param.")]
+    space = record.get("space") or {}
+    for ref in (space.get("source"), space.get("name")):
+        if not ref:
+            continue
+        try:
+            loaded = load_space(ref)
+        except ConfigError:
+            continue
+        keys = {p.key for p in loaded.params
+                if p.log or p.type in ("loguniform", "qloguniform")}
+        # A per-block param 'model.dropout' is drawn as columns param.model.dropout.<block>.
+        return {c for c in columns
+                if c.removeprefix("param.") in keys
+                or c.removeprefix("param.").rsplit(".", 1)[0] in keys}
+    from fer_ray.report.figures import is_categorical, log_scaled
+
+    return {c for c in columns if not is_categorical(results[c]) and log_scaled(results[c])}
+
+
+def usable(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["status"].isin(USABLE)]
+
+
+def _load_data(inputs: Inputs, extra_test: str | None) -> None:
+    try:
+        data = load_search_data(inputs.settings)
+        if extra_test:
+            split = read_split(extra_test, "test")
+            if not any(np.array_equal(split.images, t.images) for t in data.tests.values()):
+                name = Path(extra_test).stem
+                data.tests[name if name not in data.tests else f"{name} (--test)"] = split
+    except (FerRayError, OSError) as exc:
+        inputs.notes.append(f"the data could not be loaded ({exc}), so the class distribution "
+                            "and confusion matrices are left out")
+        return
+    if fingerprint(data) != inputs.record.get("data", {}).get("fingerprint"):
+        inputs.notes.append("the data at the experiment's path no longer matches its "
+                            "fingerprint, so the class distribution and confusion matrices "
+                            "are left out")
+        return
+    inputs.data = data
+
+
+def labelled_splits(data: FerData) -> dict[str, Split]:
+    splits = {"validation": data.val}
+    splits.update({k: v for k, v in data.tests.items() if v.labels is not None and len(v)})
+    return splits
+
+
+def _predict(inputs: Inputs) -> None:
+    """Ensemble (raw + calibrated) and best-single probabilities on every labelled split."""
+    ens_dir = inputs.experiment / "ensemble"
+    if (ens_dir / ENSEMBLE_JSON).is_file():
+        inputs.ensemble = Ensemble.load(ens_dir)
+    else:
+        inputs.notes.append(f"no ensemble in {ens_dir}; build one with `python -m fer_ray."
+                            f"ensemble --experiment {inputs.experiment}`")
+    best = next(((str(r["trial_id"]), checkpoint_of(inputs.experiment, r))
+                 for _, r in usable(inputs.results).iterrows()
+                 if checkpoint_of(inputs.experiment, r) is not None), None)
+    if best is None:
+        inputs.notes.append("no usable trial has a checkpoint: no single-model figures")
+    if inputs.data is None:
+        return
+    model = None
+    if best is not None:
+        inputs.single_id = best[0]
+        model, _ = load_model(best[1])
+    for name, split in labelled_splits(inputs.data).items():
+        assert split.labels is not None
+        inputs.labels[name] = split.labels
+        if inputs.ensemble is not None:
+            e = inputs.ensemble
+            raw = np.tensordot(e.weights, e.member_probas(split.images), axes=1)
+            inputs.ens_raw[name] = raw
+            inputs.ens_cal[name] = temperature_scale(raw, e.temperature)
+        if model is not None:
+            logits = predict_logits(model, split.images)
+            inputs.single[name] = torch.softmax(logits, dim=1).cpu().numpy()
+
+
+def load_inputs(experiment: Path, extra_test: str | None = None) -> Inputs:
+    """Read an experiment folder and run its ensemble and best model on every labelled split."""
+    if not experiment.is_dir():
+        raise DataError(f"{experiment}: no such experiment folder")
+    record = read_search_json(experiment)
+    settings = settings_from_record(record, experiment)
+    path = experiment / RESULTS_PARQUET
+    if not path.is_file():
+        raise DataError(f"{experiment}: no {RESULTS_PARQUET} (did the search finish?)")
+    try:
+        results = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    missing = {"trial_id", "status", "val_acc", "asha_stopped"} - set(results.columns)
+    if missing:
+        raise DataError(f"{path}: not a fer-ray results table (missing {sorted(missing)})")
+    histories = {str(t): read_history(experiment / f"trial_{t}") for t in results["trial_id"]}
+    inputs = Inputs(experiment, record, settings, results, histories)
+    _load_data(inputs, extra_test)
+    _predict(inputs)
+    return inputs
+
+
+def build_report(experiment: Path, out: Path | None = None, test: str | None = None,
+                 ablation: Path | None = None) -> Path:
+    """Write the figures, report.md and report.html; returns the output folder."""
+    from fer_ray.report.document import compose
+
+    if ablation is not None and not Path(ablation).is_file():
+        raise ConfigError(f"--ablation {ablation}: no such file")
+    inputs = load_inputs(Path(experiment), test)
+    target = Path(out) if out is not None else Path(experiment) / "report"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {target}: cannot create ({exc.strerror})") from None
+    doc = compose(inputs, target, ablation)
+    md, page = doc.write(target)
+    figures = sum(1 for b in doc.blocks if b.kind == "image")
+    for note in inputs.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"report written: {md} and {page} ({figures} figures)")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fer_ray.report",
+                                description="Figures and a report (Markdown + HTML) for a "
+                                            "finished fer-ray experiment.")
+    p.add_argument("--experiment", required=True, type=Path, help="<storage>/<name> of a search")
+    p.add_argument("--out", type=Path, help="output folder (default <experiment>/report)")
+    p.add_argument("--test", help="an extra labelled test set (npz, CSV, image folder)")
+    p.add_argument("--ablation", type=Path,
+                   help="ablation.csv to include (default <experiment>/ablation/ablation.csv)")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        build_report(args.experiment, args.out, args.test, args.ablation)
+        return 0
+
+    return run_main(body)
