@@ -114,7 +114,7 @@ def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
         yield batch
 
 
-def predict_files(ensemble_dir: Path, inputs: list[str], out: Path | None, kaggle: bool,
+def predict_files(ensemble_dir: str, inputs: list[str], out: Path | None, kaggle: bool,
                   defer: bool, rule: str, device: str) -> int:
     """Write predictions as CSV; returns the number of rows that could be read."""
     import torch
@@ -122,7 +122,9 @@ def predict_files(ensemble_dir: Path, inputs: list[str], out: Path | None, kaggl
     from fer_ray.ensemble.model import Ensemble
     from fer_ray.train.loop import resolve_device
 
-    ensemble = Ensemble.load(ensemble_dir).to(resolve_device(device))
+    from fer_ray.storage import fetch_dir
+
+    ensemble = Ensemble.load(fetch_dir(ensemble_dir)).to(resolve_device(device))
     handle = out.open("w", newline="") if out else sys.stdout
     writer = csv.writer(handle)
     if kaggle:
@@ -170,7 +172,7 @@ def predict_files(ensemble_dir: Path, inputs: list[str], out: Path | None, kaggl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fer_ray.predict", description=__doc__.split(
         "\n")[0].strip("`"))
-    p.add_argument("--ensemble", required=True, type=Path, help="an ensemble folder")
+    p.add_argument("--ensemble", required=True, help="an ensemble folder (or its URI)")
     p.add_argument("--out", type=Path, help="output CSV (default: standard output)")
     p.add_argument("--kaggle", action="store_true", help="write id,label only")
     p.add_argument("--defer", action="store_true",

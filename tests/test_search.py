@@ -152,3 +152,21 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path)
         results = [json.loads(line) for line in lines]
         assert [r["epoch"] for r in results] == list(range(1, len(results) + 1))
         assert all(r["timestamp"] <= killed_at for r in results)
+
+
+def test_object_store_storage_end_to_end(ray_local: Any, tmp_path: Path) -> None:
+    """A URI --storage (file:// here; s3:// and gs:// take the same pyarrow path)."""
+    from fer_ray.ensemble.cli import build_and_save
+    from fer_ray.ensemble.model import Ensemble
+    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.settings import read_results
+    from fer_ray.storage import fetch_dir
+
+    uri = f"file://{tmp_path}/bucket"
+    run_experiment(SearchSettings(**{**SMOKE, "num_samples": 2, "storage": uri, "name": "exp"}))
+    df = read_results(f"{uri}/exp")
+    assert len(df) == 2 and df["best_checkpoint"].str.startswith(f"{uri}/exp/trial_").all()
+    build_and_save(f"{uri}/exp", None, 2, "greedy", None)
+    ensemble = Ensemble.load(fetch_dir(f"{uri}/exp/ensemble"))
+    assert 1 <= len(ensemble.members) <= 2
+    assert (tmp_path / "bucket" / "exp" / "ensemble" / "ensemble.json").is_file()

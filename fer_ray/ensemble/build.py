@@ -10,13 +10,14 @@ test splits scored, for every variant, so the table shows what the choices were 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from fer_ray import storage
 from fer_ray.data import FerData, fingerprint
 from fer_ray.ensemble.calibration import (
     expected_calibration_error,
@@ -39,9 +40,9 @@ from fer_ray.metrics import accuracy, confusion_matrix, macro_f1, per_class_scor
 from fer_ray.models.io import load_model
 from fer_ray.search.results import USABLE
 from fer_ray.search.settings import (
-    RESULTS_PARQUET,
     SearchSettings,
     load_search_data,
+    read_results,
     read_search_json,
     settings_from_record,
 )
@@ -78,20 +79,18 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "nll": nll(probs, labels)}
 
 
-def load_candidates(experiment: Path, max_candidates: int = 20,
+def load_candidates(experiment: str, max_candidates: int = 20,
                     extra_test: str | None = None) -> Candidates:
     """The experiment's usable trials (at most ``max_candidates``, best first) and its data."""
     record = read_search_json(experiment)
     settings = settings_from_record(record, experiment)
-    path = experiment / RESULTS_PARQUET
-    if not path.is_file():
-        raise DataError(f"{experiment}: no {RESULTS_PARQUET} (did the search finish?)")
-    df = pd.read_parquet(path)
+    df = read_results(experiment)
     rows = df[df["status"].isin(USABLE) & (df["best_checkpoint"] != "")]
     rows = rows.sort_values(settings.metric, ascending=settings.mode != "max", kind="stable")
     rows = rows.head(max_candidates).reset_index(drop=True)
     if rows.empty:
-        raise DataError(f"{path}: no trial finished an epoch, so there is nothing to ensemble")
+        raise DataError(f"{experiment}: no trial finished an epoch, so there is nothing to "
+                        "ensemble")
     if extra_test:
         settings = SearchSettings(**{**settings.to_dict(), "test": extra_test})
     data = load_search_data(settings)
@@ -100,7 +99,7 @@ def load_candidates(experiment: Path, max_candidates: int = 20,
     assert data.val.labels is not None
     members, probas, probas_tta = [], [], []
     for _, row in rows.iterrows():
-        ckpt = Path(row["best_checkpoint"])
+        ckpt = storage.fetch_dir(str(row["best_checkpoint"]))
         model, config = load_model(ckpt)
         member = Member(str(row["trial_id"]), config, model,
                         {"trial_id": str(row["trial_id"]), "val_acc": float(row["val_acc"]),
@@ -133,7 +132,7 @@ def _combine(probas: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.tensordot(weights, probas, axes=1)
 
 
-def build_ensemble(experiment: str | Path, top_k: int = 5, method: Method = "greedy",
+def build_ensemble(experiment: str | os.PathLike[str], top_k: int = 5, method: Method = "greedy",
                    tta: bool | None = None, target_coverage: float = 0.9,
                    seed: int = 0, max_candidates: int = 20,
                    extra_test: str | None = None) -> BuildResult:
@@ -141,7 +140,7 @@ def build_ensemble(experiment: str | Path, top_k: int = 5, method: Method = "gre
 
     tta: None chooses on validation (accuracy) whether flip TTA helps.
     """
-    experiment = Path(experiment)
+    experiment = str(experiment)
     cands = load_candidates(experiment, max(max_candidates, top_k), extra_test)
     labels = cands.data.val.labels
     assert labels is not None

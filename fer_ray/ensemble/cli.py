@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fer_ray import storage
 from fer_ray._cli import run_main
 from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.build import VARIANTS, BuildResult, build_ensemble
@@ -39,12 +40,17 @@ def format_result(result: BuildResult, top_k: int) -> str:
     return "\n".join(lines)
 
 
-def build_and_save(experiment: Path, out: Path | None, top_k: int, method: str,
+def build_and_save(experiment: str | Path, out: str | Path | None, top_k: int, method: str,
                    tta: bool | None, test: str | None = None) -> BuildResult:
+    """Build, save (next to the experiment by default, uploading to a URI) and print."""
     result = build_ensemble(experiment, top_k=top_k, method=method,  # type: ignore[arg-type]
                             tta=tta, extra_test=test)
-    target = out or experiment / "ensemble"
-    result.ensemble.save(target)
+    target = str(out or storage.join(experiment, "ensemble"))
+    if storage.is_uri(target):
+        local = result.ensemble.save(storage.CACHE / "ensembles" / Path(target).name)
+        storage.upload_dir(local, target)
+    else:
+        result.ensemble.save(target)
     print(format_result(result, top_k))
     print(f"ensemble saved to {target}/ (ensemble.json + members/*.safetensors); use it with "
           f"python -m fer_ray.predict --ensemble {target} IMAGES...")
@@ -54,8 +60,9 @@ def build_and_save(experiment: Path, out: Path | None, top_k: int, method: str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fer_ray.ensemble",
                                 description="Build a soft-voting ensemble from an experiment.")
-    p.add_argument("--experiment", required=True, type=Path, help="<storage>/<name> of a search")
-    p.add_argument("--out", type=Path, help="output folder (default <experiment>/ensemble)")
+    p.add_argument("--experiment", required=True,
+                   help="<storage>/<name> of a search (a folder or a URI)")
+    p.add_argument("--out", help="output folder or URI (default <experiment>/ensemble)")
     p.add_argument("--top-k", type=int, default=5, help="1 = the best single model")
     p.add_argument("--method", choices=["uniform", "greedy"], default="greedy")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from fer_ray.ensemble.cli import build_and_save
         from fer_ray.search.experiment import run_experiment  # imports Ray: after parsing
-        from fer_ray.search.settings import experiment_dir
+        from fer_ray.search.settings import experiment_location
 
         record = run_experiment(settings_from_args(args), resume=args.resume)
         # The search ends with its ensemble, chosen on validation, scored once on the tests.
         settings = SearchSettings(**record["settings"])
-        build_and_save(experiment_dir(settings), None, settings.top_k, "greedy", None)
+        build_and_save(experiment_location(settings), None, settings.top_k, "greedy", None)
         return 0
 
     return run_main(body)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
+from fer_ray import storage
 from fer_ray._cli import versions
 from fer_ray.config import to_dict
 from fer_ray.data import fingerprint, format_class_table
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.metrics import accuracy, macro_f1
-from fer_ray.models.io import atomic_write_text, load_model
+from fer_ray.models.io import load_model
 from fer_ray.search.results import (
     USABLE,
     as_jsonable,
@@ -30,7 +30,7 @@ from fer_ray.search.settings import (
     RESULTS_PARQUET,
     SEARCH_JSON,
     SearchSettings,
-    experiment_dir,
+    experiment_location,
     load_search_data,
     read_search_json,
     settings_from_record,
@@ -47,20 +47,10 @@ def resolve_settings(settings: SearchSettings, resume: bool) -> SearchSettings:
         return SearchSettings(**{**settings.to_dict(), "name": name}).check()
     if not settings.name:
         raise ConfigError("--resume needs --name (the experiment to continue)")
-    path = experiment_dir(settings)
+    path = experiment_location(settings)
     saved = settings_from_record(read_search_json(path), path)
     return SearchSettings(**{**saved.to_dict(), "storage": settings.storage,
                              "address": settings.address or saved.address})
-
-
-def _check_storage(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"--storage: cannot write to {path} ({exc.strerror})") from None
 
 
 def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
@@ -68,7 +58,7 @@ def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
     usable = df[df["status"].isin(USABLE) & (df["best_checkpoint"] != "")]
     if usable.empty or not run.data.tests:
         return {}
-    model, _ = load_model(usable.iloc[0]["best_checkpoint"])
+    model, _ = load_model(storage.fetch_dir(usable.iloc[0]["best_checkpoint"]))
     scores = {}
     for name, split in run.data.tests.items():
         if split.labels is None:
@@ -84,8 +74,8 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
     """Run or resume a search, write search.json and results.parquet, print a leaderboard."""
     settings = resolve_settings(settings, resume)
     space = load_space(settings.space)  # a bad space fails before Ray starts
-    path = experiment_dir(settings)
-    _check_storage(path)
+    path = experiment_location(settings)
+    storage.check_writable(path)
     record: dict[str, Any] = read_search_json(path) if resume else {}
 
     print(f"experiment {path}  (space {settings.space}, {settings.num_samples} trials, "
@@ -103,12 +93,13 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
             "n_val": len(data.val), "tests": {k: len(v) for k, v in data.tests.items()},
             "converted": data.converted}, "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_text(path / SEARCH_JSON, json.dumps(record, indent=2))
+        storage.write_bytes(storage.join(path, SEARCH_JSON), json.dumps(record, indent=2).encode())
     run = run_search(settings, space, data, resume=resume, fault=fault)
 
+    scheme = settings.storage.split("://")[0] if storage.is_uri(settings.storage) else ""
     df = trial_rows(run.results, run.space, run.base, settings.metric, settings.mode,
-                    settings.max_epochs)
-    write_parquet(df, path / RESULTS_PARQUET)
+                    settings.max_epochs, scheme)
+    write_parquet(df, storage.join(path, RESULTS_PARQUET))
     tests = evaluate_best(df, run)
     record.update({
         "space": {"name": run.space.name, "source": run.space.source},
@@ -118,7 +109,8 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
                                         "best_checkpoint"]].to_dict()) if len(df) else {},
         "best_single_test": tests,
     })
-    atomic_write_text(path / SEARCH_JSON, json.dumps(as_jsonable(record), indent=2))
+    storage.write_bytes(storage.join(path, SEARCH_JSON),
+                        json.dumps(as_jsonable(record), indent=2).encode())
 
     print(f"\nsearch finished in {run.wall_seconds:.0f} s: {len(df)} trials "
           f"({', '.join(f'{v} {k}' for k, v in status_counts(df).items())})")
@@ -126,6 +118,6 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
     for name, s in tests.items():
         print(f"best single model on {name}: acc {s['acc']:.4f}  macro_f1 {s['macro_f1']:.4f}"
               f"  (n={s['n']})")
-    print(f"\nresults: {path / RESULTS_PARQUET}\nsettings: {path / SEARCH_JSON}\n"
-          f"trials and checkpoints: {path}/")
+    print(f"\nresults: {storage.join(path, RESULTS_PARQUET)}\n"
+          f"settings: {storage.join(path, SEARCH_JSON)}\ntrials and checkpoints: {path}/")
     return record

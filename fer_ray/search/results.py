@@ -5,15 +5,16 @@ This module reads what Ray returned; it does not import Ray itself.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fer_ray import storage
 from fer_ray.config import TrainConfig, merge, to_dict
 from fer_ray.space import SearchSpace
 
@@ -50,16 +51,19 @@ def _error_text(result: Any, history: pd.DataFrame) -> str:
     return ""
 
 
-def _best_checkpoint_path(result: Any, metric: str, mode: str) -> str:
+def _best_checkpoint_path(result: Any, metric: str, mode: str, scheme: str) -> str:
+    """The best checkpoint's folder: a local path, or a URI when storage is remote."""
     try:
         checkpoint = result.get_best_checkpoint(metric, mode)
     except (RuntimeError, ValueError, KeyError):
         return ""
-    return checkpoint.path if checkpoint is not None else ""
+    if checkpoint is None:
+        return ""
+    return f"{scheme}://{checkpoint.path}" if scheme else str(checkpoint.path)
 
 
 def trial_rows(results: Any, space: SearchSpace, base: TrainConfig, metric: str, mode: str,
-               max_epochs: int) -> pd.DataFrame:
+               max_epochs: int, scheme: str = "") -> pd.DataFrame:
     """One row per trial: params, resolved config, best metrics, epochs, status, checkpoint."""
     rows = []
     for result in results:
@@ -86,7 +90,7 @@ def trial_rows(results: Any, space: SearchSpace, base: TrainConfig, metric: str,
             if "node_id" in history else ""
         row["resumed_from_epoch"] = int(history["resumed_from"].max()) \
             if "resumed_from" in history and history["resumed_from"].notna().any() else 0
-        row["best_checkpoint"] = _best_checkpoint_path(result, metric, mode) \
+        row["best_checkpoint"] = _best_checkpoint_path(result, metric, mode, scheme) \
             if status in USABLE else ""
         row["error"] = _error_text(result, history)
         try:
@@ -103,15 +107,11 @@ def trial_rows(results: Any, space: SearchSpace, base: TrainConfig, metric: str,
     return df
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
+def write_parquet(df: pd.DataFrame, location: str | Path) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        df.to_parquet(tmp, index=False)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)  # fails here, before anything is written
+    storage.write_bytes(str(location), buffer.getvalue())
 
 
 def _short_params(row: pd.Series) -> str:

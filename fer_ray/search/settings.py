@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from fer_ray import storage
 from fer_ray.config import TrainConfig, from_dict, merge
 from fer_ray.data import FerData, load_data
 from fer_ray.data.loaders import read_split
@@ -71,28 +75,38 @@ class SearchSettings:
         return dataclasses.asdict(self)
 
 
-def experiment_dir(settings: SearchSettings) -> Path:
-    """``<storage>/<name>`` as an absolute local path (Ray wants absolute storage paths)."""
-    return Path(settings.storage).expanduser().resolve() / settings.name
+def experiment_location(settings: SearchSettings) -> str:
+    """``<storage>/<name>``: an absolute local path (as Ray wants) or a URI."""
+    if storage.is_uri(settings.storage):
+        return storage.join(settings.storage, settings.name)
+    return str(Path(settings.storage).expanduser().resolve() / settings.name)
 
 
-def read_search_json(directory: Path) -> dict[str, Any]:
-    """The saved record of an experiment; DataError when ``directory`` is not one."""
-    path = directory / SEARCH_JSON
-    if not path.is_file():
-        raise DataError(f"{directory}: not a fer-ray experiment (no {SEARCH_JSON})")
+def read_search_json(location: str | os.PathLike[str]) -> dict[str, Any]:
+    """The saved record of an experiment; DataError when ``location`` is not one."""
+    path = storage.join(location, SEARCH_JSON)
+    if not storage.exists(path):
+        raise DataError(f"{location}: not a fer-ray experiment (no {SEARCH_JSON})")
     try:
-        record = json.loads(path.read_text())
-        return dict(record)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return dict(json.loads(storage.read_bytes(path)))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: unreadable ({exc})") from None
 
 
-def settings_from_record(record: dict[str, Any], path: Path) -> SearchSettings:
+def read_results(location: str | os.PathLike[str]) -> pd.DataFrame:
+    """An experiment's results.parquet (one row per trial, best first)."""
+    path = storage.join(location, RESULTS_PARQUET)
+    if not storage.exists(path):
+        raise DataError(f"{location}: no {RESULTS_PARQUET} (did the search finish?)")
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
+
+
+def settings_from_record(record: dict[str, Any], location: str | os.PathLike[str]
+                         ) -> SearchSettings:
     try:
         return from_dict(SearchSettings, record["settings"])
     except (KeyError, TypeError, ConfigError) as exc:
-        raise DataError(f"{path / SEARCH_JSON}: bad settings ({exc})") from None
+        raise DataError(f"{storage.join(location, SEARCH_JSON)}: bad settings ({exc})") from None
 
 
 def load_search_data(settings: SearchSettings) -> FerData:

@@ -14,8 +14,10 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from fer_ray import storage
 from fer_ray.config import TrainConfig
 from fer_ray.data import FerData
 from fer_ray.errors import ConfigError, DataError
@@ -33,7 +35,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from fer_ray.search.settings import SearchSettings, base_config, experiment_dir
+from fer_ray.search.settings import SearchSettings, base_config, experiment_location
 from fer_ray.trainable import TrialData, TrialSetup, fer_trainable
 
 
@@ -164,7 +166,8 @@ def _trial_dirname(trial: Any) -> str:
 def run_config(settings: SearchSettings) -> tune.RunConfig:
     return tune.RunConfig(
         name=settings.name,
-        storage_path=str(experiment_dir(settings).parent),
+        storage_path=settings.storage if storage.is_uri(settings.storage)
+        else str(Path(experiment_location(settings)).parent),
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute=settings.metric,
             checkpoint_score_order=settings.mode),
@@ -190,12 +193,12 @@ def run_search(settings: SearchSettings, space: SearchSpace, data: FerData,
     init_ray(settings)
     max_concurrent = _max_concurrent(settings)
     trainable = build_trainable(settings, space, base, data, fault)
-    path = experiment_dir(settings)
+    path = experiment_location(settings)
 
     if resume:
-        if not tune.Tuner.can_restore(str(path)):
+        if not tune.Tuner.can_restore(path):
             raise DataError(f"{path}: no Ray Tune experiment state to resume")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
         searcher = OptunaSearch(space=space.sample, metric=settings.metric,

@@ -19,10 +19,10 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray.cluster_utils import Cluster
 
-from fer_ray.search.experiment import run_experiment  # noqa: E402
-from fer_ray.search.settings import SearchSettings  # noqa: E402
+from fer_ray.search.experiment import run_experiment
+from fer_ray.search.settings import SearchSettings
 
 
 def main() -> None:
