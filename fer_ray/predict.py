@@ -120,9 +120,8 @@ def predict_files(ensemble_dir: str, inputs: list[str], out: Path | None, kaggle
     import torch
 
     from fer_ray.ensemble.model import Ensemble
-    from fer_ray.train.loop import resolve_device
-
     from fer_ray.storage import fetch_dir
+    from fer_ray.train.loop import resolve_device
 
     ensemble = Ensemble.load(fetch_dir(ensemble_dir)).to(resolve_device(device))
     handle = out.open("w", newline="") if out else sys.stdout
