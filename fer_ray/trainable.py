@@ -20,7 +20,7 @@ import ray
 import torch
 from ray import tune
 
-from fer_ray.config import TrainConfig, merge
+from fer_ray.config import TrainConfig
 from fer_ray.data import Split
 from fer_ray.errors import ConfigError
 from fer_ray.models.io import save_model
@@ -61,8 +61,8 @@ class TrialSetup:
 
 
 def trial_config(params: dict[str, Any], setup: TrialSetup) -> TrainConfig:
-    """The resolved config of a trial: base + sampled params, trained for max_epochs."""
-    return merge(setup.space.to_config(params, setup.base), {"epochs": setup.max_epochs})
+    """The resolved config of a trial: base (which trains for max_epochs) + sampled params."""
+    return setup.space.to_config(params, setup.base)
 
 
 def _node_id() -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fer_ray import storage
-from fer_ray.config import TrainConfig, merge, to_dict
+from fer_ray.config import TrainConfig, to_dict
 from fer_ray.space import SearchSpace
 
 # Statuses in results.parquet. Only completed and early_stopped trials may enter an ensemble.
@@ -62,49 +62,58 @@ def _best_checkpoint_path(result: Any, metric: str, mode: str, scheme: str) -> s
     return f"{scheme}://{checkpoint.path}" if scheme else str(checkpoint.path)
 
 
+def _column_max(history: pd.DataFrame, column: str, default: float) -> float:
+    if column in history and history[column].notna().any():
+        return float(history[column].max())
+    return default
+
+
+def _trial_row(result: Any, space: SearchSpace, base: TrainConfig, metric: str, mode: str,
+               max_epochs: int, scheme: str) -> dict[str, Any]:
+    history = _history(result)
+    status = _status(result, history, max_epochs)
+    params = dict(result.config or {})
+    ok = history[history["status_flag"] == "ok"] if "status_flag" in history else history
+    row: dict[str, Any] = {"trial_id": Path(result.path).name.removeprefix("trial_"),
+                           "status": status, "asha_stopped": status == "early_stopped",
+                           "val_acc": 0.0, "val_loss": math.inf, "val_macro_f1": 0.0,
+                           "best_epoch": 0, "epochs_run": 0, "images_per_s": 0.0}
+    if len(ok) and metric in ok:
+        best = ok.loc[ok[metric].idxmax() if mode == "max" else ok[metric].idxmin()]
+        row.update({
+            "val_acc": float(best["val_acc"]), "val_loss": float(best["val_loss"]),
+            "val_macro_f1": float(best["val_macro_f1"]), "best_epoch": int(best["epoch"]),
+            "epochs_run": int(ok["epoch"].max()),
+            "images_per_s": float(ok["images_per_s"].mean()),
+        })
+    node_ids = set(history["node_id"].dropna()) if "node_id" in history else set()
+    row.update({
+        "wall_time_s": _column_max(history, "time_total_s", 0.0),
+        "node_ids": ",".join(sorted(node_ids)),
+        "resumed_from_epoch": int(_column_max(history, "resumed_from", 0)),
+        "best_checkpoint": _best_checkpoint_path(result, metric, mode, scheme)
+        if status in USABLE else "",
+        "error": _error_text(result, history),
+    })
+    try:  # base already trains for max_epochs; the space fills in the sampled fields
+        row["config_json"] = json.dumps(to_dict(space.to_config(params, base)))
+    except Exception as exc:  # a trial whose params no longer fit the space
+        row["config_json"] = json.dumps({"error": str(exc)})
+    row.update({f"param.{k}": v for k, v in params.items()})
+    return row
+
+
 def trial_rows(results: Any, space: SearchSpace, base: TrainConfig, metric: str, mode: str,
                max_epochs: int, scheme: str = "") -> pd.DataFrame:
-    """One row per trial: params, resolved config, best metrics, epochs, status, checkpoint."""
-    rows = []
-    for result in results:
-        history = _history(result)
-        status = _status(result, history, max_epochs)
-        params = dict(result.config or {})
-        ok = history[history["status_flag"] == "ok"] if "status_flag" in history else history
-        row: dict[str, Any] = {"trial_id": Path(result.path).name.removeprefix("trial_"),
-                               "status": status, "asha_stopped": status == "early_stopped"}
-        if len(ok) and metric in ok:
-            best = ok.loc[ok[metric].idxmax() if mode == "max" else ok[metric].idxmin()]
-            row.update({
-                "val_acc": float(best["val_acc"]), "val_loss": float(best["val_loss"]),
-                "val_macro_f1": float(best["val_macro_f1"]), "best_epoch": int(best["epoch"]),
-                "epochs_run": int(ok["epoch"].max()),
-                "images_per_s": float(ok["images_per_s"].mean()),
-            })
-        else:
-            row.update({"val_acc": 0.0, "val_loss": math.inf, "val_macro_f1": 0.0,
-                        "best_epoch": 0, "epochs_run": 0, "images_per_s": 0.0})
-        row["wall_time_s"] = float(history["time_total_s"].max()) \
-            if "time_total_s" in history and len(history) else 0.0
-        row["node_ids"] = ",".join(sorted(set(history["node_id"].dropna()))) \
-            if "node_id" in history else ""
-        row["resumed_from_epoch"] = int(history["resumed_from"].max()) \
-            if "resumed_from" in history and history["resumed_from"].notna().any() else 0
-        row["best_checkpoint"] = _best_checkpoint_path(result, metric, mode, scheme) \
-            if status in USABLE else ""
-        row["error"] = _error_text(result, history)
-        try:
-            config = merge(space.to_config(params, base), {"epochs": max_epochs})
-            row["config_json"] = json.dumps(to_dict(config))
-        except Exception as exc:  # a trial whose params no longer fit the space
-            row["config_json"] = json.dumps({"error": str(exc)})
-        row.update({f"param.{k}": v for k, v in params.items()})
-        rows.append(row)
-    df = pd.DataFrame(rows)
+    """One row per trial: params, resolved config, best metrics, epochs, status, checkpoint.
+
+    scheme: the storage URI scheme ("s3", "file", ...), "" for local storage.
+    """
+    df = pd.DataFrame([_trial_row(r, space, base, metric, mode, max_epochs, scheme)
+                       for r in results])
     if len(df):
-        ascending = mode != "max"
-        df = df.sort_values(metric, ascending=ascending, kind="stable").reset_index(drop=True)
-    return df
+        df = df.sort_values(metric, ascending=mode != "max", kind="stable")
+    return df.reset_index(drop=True)
 
 
 def write_parquet(df: pd.DataFrame, location: str | Path) -> None:

@@ -109,23 +109,21 @@ def settings_from_record(record: dict[str, Any], location: str | os.PathLike[str
         raise DataError(f"{storage.join(location, SEARCH_JSON)}: bad settings ({exc})") from None
 
 
+def base_config(settings: SearchSettings) -> TrainConfig:
+    """What every trial starts from: the search's data, seed and epoch budget."""
+    return merge(TrainConfig(), {"epochs": settings.max_epochs, "seed": settings.seed,
+                                 "data": {"path": settings.data,
+                                          "val_fraction": settings.val_fraction,
+                                          "subsample": settings.subsample,
+                                          "synthetic_size": settings.synthetic_size}})
+
+
 def load_search_data(settings: SearchSettings) -> FerData:
     """The data of a search: --data (or built-in faces) split into train/val, plus --test."""
-    config = merge(TrainConfig(), {"data": {
-        "path": settings.data, "val_fraction": settings.val_fraction,
-        "subsample": settings.subsample, "synthetic_size": settings.synthetic_size}})
-    data = load_data(config.data, seed=settings.seed)
+    data = load_data(base_config(settings).data, seed=settings.seed)
     if settings.test:
         test = read_split(settings.test, "test")
         # --test repeating a split that --data already holds (e.g. public_test.npz) is shown once.
         if not any(np.array_equal(test.images, t.images) for t in data.tests.values()):
             data.tests["test"] = test
     return data
-
-
-def base_config(settings: SearchSettings) -> TrainConfig:
-    return merge(TrainConfig(), {"epochs": settings.max_epochs, "seed": settings.seed,
-                                 "data": {"path": settings.data,
-                                          "val_fraction": settings.val_fraction,
-                                          "subsample": settings.subsample,
-                                          "synthetic_size": settings.synthetic_size}})
