@@ -33,8 +33,9 @@ from fer_ray.data import FerData, load_data
 from fer_ray.data.loaders import read_split
 from fer_ray.errors import ConfigError
 from fer_ray.metrics import accuracy, macro_f1
+from fer_ray.models import build_model
 from fer_ray.train.cli import resolve_config
-from fer_ray.train.loop import Trainer, predict_logits, resolve_device
+from fer_ray.train.loop import Trainer, predict_logits, resolve_device, to_device_images
 from fer_ray.train.presets import PRESETS
 
 NO_AUGMENT = AugmentConfig(hflip=0.0, rotation=0.0, scale=0.0, translate=0.0)
@@ -97,10 +98,19 @@ def train_once(config: TrainConfig, data: FerData, device: torch.device) -> dict
     return row
 
 
+def warm_up(config: TrainConfig, data: FerData, device: torch.device) -> None:
+    """One untimed forward/backward pass, so torch's one-off start-up cost does not land in
+    the first variant's seconds."""
+    model = build_model(config.model).to(device)
+    x = to_device_images(data.train.images[:32], device).float().div_(255.0)
+    model(x).sum().backward()
+
+
 def run_ablation(config: TrainConfig, data: FerData, seeds: int, patience: int,
                  device: torch.device, log: Any = print) -> pd.DataFrame:
     """len(variants) x seeds runs; one row each (variant, augmentation, early_stopping, seed,
     metrics). The data split stays fixed: only the training seed varies."""
+    warm_up(config, data, device)
     rows = []
     for name, variant in variants(config, patience).items():
         for seed in range(seeds):
@@ -137,7 +147,7 @@ def summarize(runs: pd.DataFrame, text: bool = True) -> pd.DataFrame:
     for m in metrics:
         scale, fmt = (100.0, "{:.1f} ± {:.1f}") if "acc" in m else (1.0, "{:.1f} ± {:.1f}")
         label = {"val_acc": "val acc %", "epochs_run": "epochs run", "seconds": "seconds"}.get(
-            m, m.replace("test_acc.", "test acc % ") if m.startswith("test_acc.") else m)
+            m, f"{m.removeprefix('test_acc.')} acc %" if m.startswith("test_acc.") else m)
         table[label] = [fmt.format(scale * a, scale * (0.0 if np.isnan(b) else b))
                         for a, b in zip(mean[m], std[m], strict=True)]
     table["seeds"] = runs.groupby("variant", sort=False).size().loc[order].to_numpy()

@@ -111,7 +111,9 @@ def checkpoint_of(experiment: Path, row: pd.Series) -> Path | None:
 def stored_val_probas(inputs: Inputs) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(n, N_val, 7) stored validation probabilities of the best usable trials, best first,
     (N_val,) their labels and the trial ids; empty when no checkpoint holds them."""
-    probas, names, labels = [], [], np.zeros(0, dtype=np.int64)
+    probas: list[np.ndarray] = []
+    names: list[str] = []
+    labels = np.zeros(0, dtype=np.int64)
     for _, row in usable(inputs.results).head(MAX_CANDIDATES).iterrows():
         ckpt = checkpoint_of(inputs.experiment, row)
         if ckpt is None or not (ckpt / "val_probs.npy").is_file():
@@ -143,7 +145,7 @@ def log_columns(results: pd.DataFrame, record: dict[str, Any]) -> set[str]:
         return {c for c in columns
                 if c.removeprefix("param.") in keys
                 or c.removeprefix("param.").rsplit(".", 1)[0] in keys}
-    from fer_ray.report.figures import is_categorical, log_scaled
+    from fer_ray.report.analysis import is_categorical, log_scaled
 
     return {c for c in columns if not is_categorical(results[c]) and log_scaled(results[c])}
 
@@ -186,9 +188,12 @@ def _predict(inputs: Inputs) -> None:
     else:
         inputs.notes.append(f"no ensemble in {ens_dir}; build one with `python -m fer_ray."
                             f"ensemble --experiment {inputs.experiment}`")
-    best = next(((str(r["trial_id"]), checkpoint_of(inputs.experiment, r))
-                 for _, r in usable(inputs.results).iterrows()
-                 if checkpoint_of(inputs.experiment, r) is not None), None)
+    best: tuple[str, Path] | None = None
+    for _, row in usable(inputs.results).iterrows():  # best first
+        ckpt = checkpoint_of(inputs.experiment, row)
+        if ckpt is not None:
+            best = (str(row["trial_id"]), ckpt)
+            break
     if best is None:
         inputs.notes.append("no usable trial has a checkpoint: no single-model figures")
     if inputs.data is None:

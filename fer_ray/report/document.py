@@ -1,8 +1,9 @@
 """The report as a list of blocks, rendered twice: ``report.md`` and a self-contained
 ``report.html`` (images as base64 data URIs, tables as HTML, no external references).
 
-Also the text helpers: Markdown / HTML tables from DataFrames, per-class score tables and the
-"most confused class pairs" sentences.
+Also the text helpers: Markdown / HTML tables from DataFrames. The tables and sentences the
+report is composed of (per-class scores, ensemble variants, most confused class pairs) are
+computed in ``fer_ray.report.analysis``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from fer_ray.data import CLASS_NAMES, class_distribution
 from fer_ray.metrics import confusion_matrix, per_class_scores
-from fer_ray.report import figures
+from fer_ray.report import analysis, figures
+from fer_ray.report.analysis import (  # also importable from here, as before the move
+    confusion_sentence,
+    most_confused_pairs,
+    per_class_table,
+    variant_table,
+)
 
 if TYPE_CHECKING:
     from fer_ray.report.cli import Inputs
@@ -78,12 +85,21 @@ class Document:
 
 
 def _cell(value: object) -> str:
-    """Tables hold counts and percentages: ints as they are, floats with one decimal."""
+    """Tables hold counts and percentages: ints with thousands separators, floats with one
+    decimal (three significant digits below 0.1)."""
     if isinstance(value, (float, np.floating)):
         if np.isnan(value):
             return ""
-        return f"{value:.1f}" if value == 0 or abs(value) >= 0.1 else f"{value:.3g}"
+        number = float(value)
+        return f"{number:.1f}" if number == 0 or abs(number) >= 0.1 else f"{number:.3g}"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}"
     return str(value)
+
+
+def _rows(df: pd.DataFrame) -> list[tuple[object, ...]]:
+    """(index, *values) per row with each column's own type (iterrows would upcast ints)."""
+    return list(df.itertuples(index=True, name=None))
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -91,17 +107,16 @@ def markdown_table(df: pd.DataFrame) -> str:
     head = [str(df.index.name or "")] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] + ["---:"] * len(df.columns)) + "|"]
-    for idx, row in df.iterrows():
-        cells = [_cell(idx)] + [_cell(v).replace("|", "\\|") for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
+    for row in _rows(df):
+        lines.append("| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |")
     return "\n".join(lines)
 
 
 def html_table(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>"
                    for c in [df.index.name or "", *df.columns])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in (idx, *row))
-                   + "</tr>" for idx, row in df.iterrows())
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row)
+                   + "</tr>" for row in _rows(df))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -161,59 +176,6 @@ def render_html(doc: Document) -> str:
     return "\n".join(parts) + "\n"
 
 
-def most_confused_pairs(cm: np.ndarray, top: int = 3, min_count: int = 1
-                        ) -> list[tuple[int, int, float, int]]:
-    """The largest off-diagonal entries of the row-normalised confusion matrix.
-
-    cm: (K, K) counts, rows = true class. Returns up to ``top`` tuples (true class, predicted
-    class, share of the true class in [0, 1], count), largest share first; pairs with fewer
-    than ``min_count`` faces are skipped so one stray face of a rare class does not lead.
-    """
-    cm = np.asarray(cm, dtype=np.int64)
-    rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    np.fill_diagonal(share, -1.0)
-    order = np.argsort(-share, axis=None, kind="stable")
-    pairs = []
-    for flat in order:
-        i, j = divmod(int(flat), cm.shape[1])
-        if share[i, j] <= 0 or len(pairs) >= top:
-            break
-        if cm[i, j] >= min_count:
-            pairs.append((i, j, float(share[i, j]), int(cm[i, j])))
-    return pairs
-
-
-def confusion_sentence(pair: tuple[int, int, float, int], total: int) -> str:
-    """'fear is predicted as sad for 18 % of fear faces (93 of 512)'."""
-    i, j, share, count = pair
-    true, pred = CLASS_NAMES[i], CLASS_NAMES[j]
-    return f"{true} is predicted as {pred} for {100 * share:.0f} % of {true} faces " \
-           f"({count} of {total})"
-
-
-def per_class_table(cms: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Precision / recall / F1 per class for each named confusion matrix, plus support.
-
-    cms: label (e.g. "ensemble") -> (7, 7) counts on the same split. Rows: classes and a
-    "macro" row; values in percent.
-    """
-    table = pd.DataFrame(index=pd.Index(list(CLASS_NAMES), name="class"))
-    support = None
-    for label, cm in cms.items():
-        s = per_class_scores(cm)
-        support = s["support"]
-        for key, short in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
-            table[f"{label} {short} %"] = np.round(100 * s[key], 1)
-    if support is not None:
-        table.insert(0, "support", support.astype(np.int64))
-    macro = table.mean(numeric_only=True).round(1)
-    macro["support"] = int(table["support"].sum()) if "support" in table else 0
-    table.loc["macro"] = macro
-    table["support"] = table["support"].astype(np.int64)
-    return table
-
-
 # --- composing the report from an experiment's inputs ----------------------------------------
 
 def _pct(x: float) -> str:
@@ -228,8 +190,11 @@ def _summary(doc: Document, inp: Inputs) -> None:
     doc.text(f"Experiment `{inp.experiment}`: space **{s.space}**, {len(inp.results)} trials "
              f"({trials}), up to {s.max_epochs} epochs each with ASHA (grace {s.grace_period}, "
              f"reduction factor {s.reduction_factor}); "
-             f"{rec.get('wall_seconds', 0) / 60:.1f} minutes of wall time.")
-    tests = ", ".join(f"{k} {v:,}" for k, v in data.get("tests", {}).items()) or "none"
+             f"{(rec.get('wall_seconds') or 0) / 60:.1f} minutes of wall time.")
+    # The splits this report scores (a repeated --test split is shown once), else the record's.
+    counts = {k: len(v) for k, v in inp.data.tests.items()} if inp.data is not None \
+        else data.get("tests", {})
+    tests = ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
     doc.text(f"Data: {data.get('source') or 'built-in synthetic faces'} — train "
              f"{data.get('n_train', 0):,}, validation {data.get('n_val', 0):,}, tests: {tests}. "
              f"Fingerprint `{data.get('fingerprint', '?')}`.")
@@ -248,22 +213,6 @@ def _summary(doc: Document, inp: Inputs) -> None:
         doc.note(note)
 
 
-def variant_table(info: dict[str, Any]) -> pd.DataFrame:
-    """Accuracy and macro-F1 (%) of every ensemble variant on validation and each test split,
-    from ``ensemble.json``'s info, plus the final ensemble under the adjusted rule."""
-    splits = [("validation", info.get("validation", {}), info.get("final_validation", {}))]
-    splits += [(k, v, v.get("final", {})) for k, v in info.get("test", {}).items()]
-    table = pd.DataFrame(index=pd.Index(list(info.get("validation", {})), name="variant"))
-    adjusted = f"{info.get('variant', 'final')}, adjusted rule"
-    for split, variants, final in splits:
-        for label, key in (("acc %", "acc"), ("macro-F1 %", "macro_f1")):
-            column = {v: 100 * f[key] for v, f in variants.items() if v != "final" and key in f}
-            if f"adjusted_{key}" in final:
-                column[adjusted] = 100 * final[f"adjusted_{key}"]
-            table[f"{split} {label}"] = pd.Series(column, dtype=float)
-    return table
-
-
 def _data_section(doc: Document, inp: Inputs, out: Path) -> None:
     doc.heading("1. Class distribution")
     if inp.data is None:
@@ -271,6 +220,8 @@ def _data_section(doc: Document, inp: Inputs, out: Path) -> None:
         return
     table = class_distribution(inp.data)
     table.index.name = "class"
+    for col in (c for c in table.columns if c.endswith(" n")):
+        table[col] = table[col].astype(np.int64)  # counts, not floats
     doc.table(table)
     doc.image(figures.plot_class_distribution(table, out / "class_distribution.png"),
               "Class shares per split (the legend gives each split's size).")
@@ -289,25 +240,29 @@ def _errors_section(doc: Document, inp: Inputs, out: Path) -> None:
         if split in inp.ens_cal:
             models["ensemble"] = inp.ens_cal[split]
         if split in inp.single:
-            models[f"best single {inp.single_id}"] = inp.single[split]
+            models["single"] = inp.single[split]
         cms = {}
         for label, probs in models.items():
             cm = confusion_matrix(labels, probs.argmax(1))
             cms[label] = cm
             acc = np.trace(cm) / max(cm.sum(), 1)
-            tag = "ensemble" if label == "ensemble" else "single"
             path = figures.plot_confusion(
-                cm, f"{label} on {split}: accuracy {_pct(acc)}",
-                out / f"confusion_{tag}_{_slug(split)}.png")
-            doc.image(path, f"Confusion matrix of the {label} on {split}.")
-        doc.text("Per-class precision (P), recall (R) and F1, in %:")
+                cm, f"{_long(label, inp)} on {split}: accuracy {_pct(acc)}",
+                out / f"confusion_{label}_{_slug(split)}.png")
+            doc.image(path, f"Confusion matrix of the {_long(label, inp)} on {split}.")
+        doc.text("Per-class precision (P), recall (R) and F1 in % (single = the best trial, "
+                 f"{inp.single_id}):")
         doc.table(per_class_table(cms))
         for label, cm in cms.items():
             pairs = most_confused_pairs(cm, top=4, min_count=2)
             totals = cm.sum(axis=1)
-            doc.text(f"Most confused classes for the {label} on {split}:")
+            doc.text(f"Most confused classes for the {_long(label, inp)} on {split}:")
             doc.bullets([confusion_sentence(p, int(totals[p[0]])) for p in pairs]
                         or ["no class is confused with another"])
+
+
+def _long(label: str, inp: Inputs) -> str:
+    return f"best single model ({inp.single_id})" if label == "single" else label
 
 
 def _slug(name: str) -> str:
@@ -329,7 +284,7 @@ def _training_section(doc: Document, inp: Inputs, out: Path) -> None:
                                         rungs=rungs)
     stopped = int(inp.results["asha_stopped"].astype(bool).sum())
     doc.image(path, f"Validation accuracy per epoch; {stopped} trial(s) stopped by ASHA "
-                    "(red crosses).")
+                    "(red rings); dotted lines: the epochs where ASHA compares trials.")
 
 
 def _search_section(doc: Document, inp: Inputs, out: Path) -> None:
@@ -341,7 +296,7 @@ def _search_section(doc: Document, inp: Inputs, out: Path) -> None:
     doc.image(figures.plot_search_progress(results, out / "search_progress.png"),
               "Each trial's best validation accuracy in launch order, and the best so far.")
     ok = usable(results)
-    varied, constant = figures.varied_params(ok)
+    varied, constant = analysis.varied_params(ok)
     logs = log_columns(ok, inp.record)
     if varied:
         doc.image(figures.plot_hyperparameters(ok, varied, out / "hyperparameters.png", logs),
@@ -349,13 +304,14 @@ def _search_section(doc: Document, inp: Inputs, out: Path) -> None:
     if constant:
         doc.text("Constant across usable trials: " + ", ".join(
             f"`{c.removeprefix('param.')}`" for c in constant) + ".")
-    importances, why = figures.param_importances(
+    importances, why = analysis.param_importances(
         ok, inp.settings.metric, "maximize" if inp.settings.mode == "max" else "minimize",
         log_columns=logs)
     if importances:
         doc.image(figures.plot_importance(importances, out / "importance.png"),
-                  f"fANOVA importance on a study rebuilt from {len(ok)} usable trials "
-                  "(few trials: a rough guide, not a ranking).")
+                  f"fANOVA importance on a study rebuilt from {len(ok)} usable trials; "
+                  "trials stopped by ASHA enter with the accuracy they had reached, and with "
+                  "few trials this is a rough guide, not a ranking.")
     else:
         doc.note(f"hyperparameter importance skipped: {why}")
 
@@ -368,7 +324,7 @@ def _ensemble_section(doc: Document, inp: Inputs, out: Path) -> None:
     e = inp.ensemble
     chosen = e.info.get("final_validation", {}).get("acc") if e is not None else None
     if len(probas):
-        curve = figures.ensemble_size_curve(probas, labels, len(probas))
+        curve = analysis.ensemble_size_curve(probas, labels, len(probas))
         doc.image(figures.plot_ensemble_size(curve, chosen, out / "ensemble_size.png"),
                   f"Validation accuracy of uniform top-k voting and greedy selection over the "
                   f"{len(names)} best usable trials (stored val_probs.npy).")
@@ -385,8 +341,8 @@ def _ensemble_section(doc: Document, inp: Inputs, out: Path) -> None:
         return
     calib = {s: (inp.ens_raw[s], inp.ens_cal[s], inp.labels[s]) for s in inp.ens_cal}
     doc.image(figures.plot_calibration(calib, e.temperature, out / "calibration.png"),
-              "Reliability diagrams (10 confidence bins); the temperature was fitted on "
-              "validation only.")
+              "Reliability diagrams (10 confidence bins, those with at least 10 faces drawn); "
+              "the temperature was fitted on validation only.")
     recalls = {}
     for split, probs in inp.ens_cal.items():
         y = inp.labels[split]

@@ -1,4 +1,5 @@
-"""The report's figures, and the pure computations behind them (no Ray, Agg backend).
+"""The report's figures (no Ray, Agg backend); the computations behind them are in
+``fer_ray.report.analysis``.
 
 Every ``plot_*`` function writes one PNG (dpi 120, 6-8 inches wide) and closes its figure.
 Accuracies are drawn in percent. Inputs are plain arrays / DataFrames:
@@ -15,28 +16,30 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: must run on machines without a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import (
     FuncFormatter,
     LogLocator,
     MaxNLocator,
     NullFormatter,
 )
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from optuna.distributions import (  # noqa: E402
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 
-from fer_ray.data import CLASS_NAMES  # noqa: E402
-from fer_ray.ensemble.calibration import expected_calibration_error, reliability_curve  # noqa: E402
-from fer_ray.ensemble.decision import accuracy_coverage_curve, confidence  # noqa: E402
-from fer_ray.ensemble.selection import greedy_selection  # noqa: E402
-from fer_ray.metrics import accuracy  # noqa: E402
+from fer_ray.data import CLASS_NAMES
+from fer_ray.ensemble.calibration import expected_calibration_error, reliability_curve
+from fer_ray.ensemble.decision import accuracy_coverage_curve, confidence
+from fer_ray.metrics import accuracy
+
+# Moved to fer_ray.report.analysis; re-exported so ``from fer_ray.report.figures import ...``
+# keeps working.
+from fer_ray.report.analysis import as_category as as_category
+from fer_ray.report.analysis import ensemble_size_curve as ensemble_size_curve
+from fer_ray.report.analysis import is_categorical as is_categorical
+from fer_ray.report.analysis import log_scaled as log_scaled
+from fer_ray.report.analysis import param_importances as param_importances
+from fer_ray.report.analysis import rebuild_study as rebuild_study
+from fer_ray.report.analysis import varied_params as varied_params
 
 DPI = 120
 WIDTH = 8.0  # inches: fits a page at full width
@@ -101,27 +104,29 @@ def plot_learning_curves(histories: Mapping[str, pd.DataFrame], results: pd.Data
     """Validation accuracy per epoch: the ``top`` trials in colour, the rest in grey.
 
     histories: trial id -> per-epoch rows (epoch, val_acc). A trial ASHA stopped gets a red
-    cross at its last epoch; ``rungs`` (the epochs where ASHA compares trials) are dotted.
+    ring at its last epoch; ``rungs`` (the epochs where ASHA compares trials) are dotted.
     """
     order = [str(t) for t in results["trial_id"] if str(t) in histories]
     stopped = set(results.loc[results["asha_stopped"].astype(bool), "trial_id"].astype(str))
     fig, ax = plt.subplots(figsize=(WIDTH, 4.5))
     for rung in rungs:
         ax.axvline(rung, color="grey", ls=":", lw=0.8)
-    marked = False
     for rank, trial in enumerate(order):
         h = histories[trial]
         if h.empty:
             continue
         pct = 100 * h["val_acc"]
         if rank < top:
-            ax.plot(h["epoch"], pct, marker="o", ms=3, lw=1.5, label=f"#{rank + 1} {trial}")
+            ax.plot(h["epoch"], pct, marker="o", ms=4, lw=1.5, label=f"#{rank + 1} {trial}")
         else:
             ax.plot(h["epoch"], pct, color="0.7", lw=0.8, zorder=1)
         if trial in stopped:
-            ax.plot(h["epoch"].iloc[-1], pct.iloc[-1], "x", color=FAILED_COLOR, ms=8, mew=2,
-                    zorder=5, label=None if marked else "stopped by ASHA")
-            marked = True
+            # A hollow ring, so the trial's own coloured dot stays visible inside it.
+            ax.plot(h["epoch"].iloc[-1], pct.iloc[-1], "o", mfc="none", mec=FAILED_COLOR,
+                    ms=11, mew=1.8, zorder=5)
+    if stopped & set(order):
+        ax.plot([], [], "o", mfc="none", mec=FAILED_COLOR, ms=11, mew=1.8,
+                label="stopped by ASHA")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     extra = f"; {len(order) - top} more in grey" if len(order) > top else ""
@@ -154,37 +159,13 @@ def plot_search_progress(results: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def is_categorical(values: pd.Series) -> bool:
-    """Strings, booleans and lists are categories; numbers are axes."""
-    clean = values.dropna()
-    return not (pd.api.types.is_numeric_dtype(clean) and not pd.api.types.is_bool_dtype(clean))
-
-
-def as_category(values: pd.Series) -> pd.Series:
-    """Values as hashable labels: lists / arrays (e.g. convs_per_block [1]) become strings."""
-    return values.map(lambda v: str(list(v)) if isinstance(v, (list, tuple, np.ndarray))
-                      else v)
-
-
-def varied_params(results: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """(param columns with >= 2 distinct values, constant param columns)."""
-    varied, constant = [], []
-    for col in (c for c in results.columns if c.startswith("param.")):
-        n = as_category(results[col]).dropna().astype(str).nunique()
-        (varied if n >= 2 else constant).append(col)
-    return varied, constant
-
-
-def log_scaled(values: pd.Series) -> bool:
-    """Fallback when the search space is unknown: positive numbers over >= 2 decades."""
-    clean = values.dropna()
-    return bool(len(clean)) and float(clean.min()) > 0 and float(clean.max() / clean.min()) >= 100
-
-
 def few_levels(values: pd.Series, max_levels: int = 6) -> bool:
-    """Categories, or numbers with few distinct values (choices such as batch size 32/64/128):
-    drawn as strips, one column per value."""
-    return is_categorical(values) or values.dropna().nunique() <= max_levels
+    """Categories, or a few round numbers (choices such as batch size 32/64/128): drawn as
+    strips, one column per value. A few continuous draws (0.0799986) stay a scatter plot."""
+    if is_categorical(values):
+        return True
+    clean = values.dropna().astype(float).unique()
+    return len(clean) <= max_levels and all(float(f"{v:.3g}") == v for v in clean)
 
 
 def _level_label(value: object) -> str:
@@ -233,70 +214,6 @@ def plot_hyperparameters(results: pd.DataFrame, params: Sequence[str], path: Pat
     return _save(fig, path)
 
 
-def _distribution(values: pd.Series, log: bool) -> BaseDistribution:
-    """Optuna distribution spanning a param column's observed values (>= 2 distinct)."""
-    if is_categorical(values):
-        return CategoricalDistribution(sorted(values.dropna().astype(str).unique()))
-    clean = values.dropna().astype(float)
-    low, high = float(clean.min()), float(clean.max())
-    if bool((clean == clean.round()).all()):
-        return IntDistribution(int(low), int(high), log=log and low > 0)  # NaN makes floats
-    return FloatDistribution(low, high, log=log and low > 0)
-
-
-def rebuild_study(results: pd.DataFrame, metric: str = "val_acc", direction: str = "maximize",
-                  log_columns: Collection[str] = ()) -> optuna.Study:
-    """An in-memory Optuna study with one finished trial per usable row of ``results``.
-
-    Distributions are inferred from the varied ``param.*`` columns (categories for strings,
-    booleans and lists; ints; floats; log scale for ``log_columns``). A param missing
-    in a row (a conditional one, e.g. the 3rd block's filters) is left out of that trial.
-    """
-    params, _ = varied_params(results)
-    dists = {p: _distribution(as_category(results[p]), p in log_columns) for p in params}
-    study = optuna.create_study(direction=direction)
-    for _, row in results.iterrows():
-        if not np.isfinite(row[metric]):
-            continue
-        values: dict[str, object] = {}
-        for p, dist in dists.items():
-            v = as_category(pd.Series([row[p]])).iloc[0]
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                continue
-            values[p] = str(v) if isinstance(dist, CategoricalDistribution) else \
-                int(v) if isinstance(dist, IntDistribution) else float(v)
-        study.add_trial(optuna.trial.create_trial(
-            params=values, distributions={p: dists[p] for p in values}, value=float(row[metric])))
-    return study
-
-
-def param_importances(results: pd.DataFrame, metric: str = "val_acc", direction: str = "maximize",
-                      min_trials: int = 4, log_columns: Collection[str] = ()
-                      ) -> tuple[dict[str, float], str]:
-    """(importance per param column, best first, summing to 1; a note when it cannot be done).
-
-    fANOVA over the params every usable trial has; seeded so the report is reproducible.
-    """
-    if len(results) < min_trials:
-        return {}, (f"only {len(results)} usable trial(s); importance needs at least "
-                    f"{min_trials}")
-    if not varied_params(results)[0]:
-        return {}, "no hyperparameter varied across the usable trials"
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" chatter
-    try:
-        study = rebuild_study(results, metric, direction, log_columns)
-        raw = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    except (ValueError, RuntimeError) as exc:  # e.g. no param shared by every trial
-        return {}, f"Optuna could not compute importances ({exc})"
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    if not raw:
-        return {}, "no hyperparameter is shared by every usable trial"
-    return {k: float(v) for k, v in raw.items()}, ""
-
-
 def plot_importance(importances: Mapping[str, float], path: Path) -> Path:
     """Horizontal bars of Optuna fANOVA importances (fractions summing to 1), largest on top."""
     names = list(importances)[::-1]
@@ -307,24 +224,6 @@ def plot_importance(importances: Mapping[str, float], path: Path) -> Path:
     ax.set_title("Hyperparameter importance (Optuna fANOVA on the search's trials)")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
-
-
-def ensemble_size_curve(probas: np.ndarray, labels: np.ndarray, max_k: int,
-                        seed: int = 0) -> pd.DataFrame:
-    """Validation accuracy of uniform top-k and of greedy selection with k steps, k = 1..K.
-
-    probas: (n_models, N, 7) stored validation probabilities, best model first.
-    Returns columns k, uniform, greedy, greedy_members (distinct models greedy picked).
-    """
-    rows = []
-    for k in range(1, min(max_k, len(probas)) + 1):
-        uniform = probas[:k].mean(axis=0)
-        weights = greedy_selection(probas, labels, ensemble_size=k, seed=seed)
-        greedy = np.tensordot(weights, probas, axes=1)
-        rows.append({"k": k, "uniform": accuracy(labels, uniform.argmax(1)),
-                     "greedy": accuracy(labels, greedy.argmax(1)),
-                     "greedy_members": int((weights > 0).sum())})
-    return pd.DataFrame(rows)
 
 
 def plot_ensemble_size(curve: pd.DataFrame, chosen_acc: float | None, path: Path) -> Path:
@@ -370,8 +269,12 @@ def plot_weights(names: Sequence[str], weights: np.ndarray, val_accs: Sequence[f
 
 
 def plot_calibration(splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                     temperature: float, path: Path) -> Path:
-    """Reliability diagrams per split: split -> (raw probs, calibrated probs, labels)."""
+                     temperature: float, path: Path, min_count: int = 10) -> Path:
+    """Reliability diagrams per split: split -> (raw probs, calibrated probs, labels).
+
+    10 equal-width confidence bins; bins with fewer than ``min_count`` faces are not drawn
+    (ECE, in the legend, still counts them).
+    """
     n = len(splits)
     fig, axes = plt.subplots(1, n, figsize=(max(6.0, min(WIDTH, 3.3 * n + 0.5)), 3.8),
                              squeeze=False)
@@ -381,7 +284,9 @@ def plot_calibration(splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarr
                                                              "s")):
             curve = reliability_curve(probs, labels, n_bins=10)
             ece = expected_calibration_error(probs, labels)
-            ax.plot(100 * curve["confidence"], 100 * curve["accuracy"], marker=marker, ms=4,
+            few = curve["counts"] < min_count  # a bin of 2 faces is noise, not calibration
+            conf = np.where(few, np.nan, curve["confidence"])
+            ax.plot(100 * conf, 100 * curve["accuracy"], marker=marker, ms=4,
                     label=f"{label} (ECE {100 * ece:.1f} %)")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("confidence (%)")
@@ -404,10 +309,10 @@ def plot_recall_rules(recalls: Mapping[str, tuple[np.ndarray, np.ndarray]], path
         ax.bar(x + 0.2, 100 * adjusted, 0.4, label="adjusted (class biases)")
         ax.set_xticks(x, CLASS_NAMES)
         ax.set_ylabel("recall (%)")
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 119)  # headroom so the legend never hides a bar
         ax.set_title(name, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
     fig.suptitle("Per-class recall: argmax vs logit-adjusted decision rule", fontsize=11)
     return _save(fig, path)
 
@@ -419,7 +324,7 @@ def plot_coverage(splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
     splits: name -> (calibrated probs (N, 7), labels (N,)); the saved threshold is marked.
     """
     fig, ax = plt.subplots(figsize=(WIDTH, 4.2))
-    for name, (probs, labels) in splits.items():
+    for i, (name, (probs, labels)) in enumerate(splits.items()):
         curve = accuracy_coverage_curve(probs, labels)
         line = ax.plot(100 * curve["coverage"], 100 * curve["accuracy"], label=name)[0]
         if threshold is not None:
@@ -429,7 +334,7 @@ def plot_coverage(splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
                 acc = 100 * accuracy(labels[kept], probs[kept].argmax(1))
                 ax.plot(cov, acc, "o", color=line.get_color(), ms=7)
                 ax.annotate(f"{cov:.0f} % kept, {acc:.1f} % acc", (cov, acc),
-                            textcoords="offset points", xytext=(-8, -14), ha="right",
+                            textcoords="offset points", xytext=(-8, -14 - 12 * i), ha="right",
                             fontsize=8, color=line.get_color())
     if threshold is not None:
         ax.plot([], [], "o", color="black", label=f"saved threshold (p ≥ {threshold:.2f})")
@@ -459,8 +364,7 @@ def plot_ablation(summary: pd.DataFrame, path: Path) -> Path:
                label=metric.replace("_acc", " accuracy").replace(".", ": "))
     ax.set_xticks(x, [str(v).replace(", ", "\n") for v in summary.index], fontsize=8)
     ax.set_ylabel("accuracy (%), mean ± std over seeds")
-    low = min(float((100 * summary[f"{m} mean"]).min()) for m in metrics) if metrics else 0.0
-    ax.set_ylim(max(0.0, low - 15), None)
+    ax.set_ylim(0, None)  # bars start at zero, so their lengths compare honestly
     ax.set_title("Ablation: augmentation and early stopping")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
