@@ -15,7 +15,7 @@ from fer_ray.errors import ConfigError, DataError
 from fer_ray.metrics import accuracy
 from fer_ray.models.io import load_model, save_model
 from fer_ray.train import Trainer, augment_batch, fit, get_preset, predict_logits
-from fer_ray.train.augment import random_affine_matrices
+from fer_ray.train.augment import random_affine_matrices, sampling_grid
 
 TINY = merge(get_preset("tiny"), {"optim": {"batch_size": 32, "lr": 3e-3}})
 NO_AUG = AugmentConfig(hflip=0.0, rotation=0.0, scale=0.0, translate=0.0)
@@ -27,6 +27,14 @@ def test_augment_off_is_identity_and_flip_is_exact() -> None:
     assert augment_batch(x, NO_AUG, gen) is x
     flipped = augment_batch(x, AugmentConfig(hflip=1.0, rotation=0, scale=0, translate=0), gen)
     torch.testing.assert_close(flipped, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)
+
+
+def test_cached_sampling_grid_equals_affine_grid() -> None:
+    theta = random_affine_matrices(16, AugmentConfig(hflip=0.5, rotation=30, scale=0.2,
+                                                     translate=0.1),
+                                   torch.Generator().manual_seed(0), torch.device("cpu"))
+    expected = torch.nn.functional.affine_grid(theta, [16, 1, 48, 40], align_corners=False)
+    torch.testing.assert_close(sampling_grid(theta, 48, 40), expected, atol=1e-6, rtol=0)
 
 
 def test_augment_is_per_sample_and_seeded() -> None:

@@ -1,0 +1,91 @@
+"""The benchmark scripts run end to end (``--quick``) and print their figures and ratio lines.
+
+Each script runs in a subprocess, as a user would run it. The Ray-using ones are slow (a local
+Ray cluster starts each time); bench_gpu runs in its CPU fallback (CUDA hidden).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+BENCHES = ["bench_overhead.py", "bench_augment.py", "bench_asha.py", "bench_gpu.py"]
+
+
+def run_script(name: str, *args: str, timeout: float = 150) -> str:
+    """stdout of ``scripts/<name> args``; fails the test (with the output) on a non-zero exit."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "CUDA_VISIBLE_DEVICES": ""}  # bench_gpu must take its CPU path here
+    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n" \
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_help(name: str) -> None:
+    out = run_script(name, "--help", timeout=60)
+    assert "--quick" in out
+
+
+def test_bench_augment_quick() -> None:
+    out = run_script("bench_augment.py", "--quick")
+    assert "batched, CPU 1 thread" in out and "PIL DataLoader, 0 workers" in out
+    assert "ratio batched, CPU 1 thread / PIL DataLoader, 0 workers:" in out
+    assert "ratio batched, CPU 1 thread / PIL DataLoader, 2 workers:" in out or \
+        (os.cpu_count() or 1) != 2
+
+
+@pytest.mark.slow
+def test_bench_overhead_quick(tmp_path: Path) -> None:
+    out = run_script("bench_overhead.py", "--quick", "--storage", str(tmp_path))
+    assert "ratio trial/bare train epoch_seconds:" in out
+    assert "ratio trial/bare wall per epoch:" in out
+    assert "ray.init:" in out and "time to first result" in out
+
+
+@pytest.mark.slow
+def test_bench_asha_quick(tmp_path: Path) -> None:
+    out = run_script("bench_asha.py", "--quick", "--storage", str(tmp_path))
+    assert "ratio ASHA/FIFO epochs:" in out
+    assert "ratio ASHA/FIFO best val_acc:" in out
+    # FIFO trains every config for every epoch: 4 configs x 3 epochs in quick mode.
+    fifo = next(line for line in out.splitlines() if line.startswith("fifo"))
+    assert fifo.split()[1] == "12"
+
+
+@pytest.mark.slow
+def test_bench_gpu_cpu_fallback(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench_gpu.json"
+    out = run_script("bench_gpu.py", "--quick", "--data", "synthetic", "--storage",
+                     str(tmp_path / "runs"), "--out", str(out_json))
+    assert "ratio total images/s 2 trials / 1 trial" in out
+    assert "(a) tiny eager train images/s" in out
+    figures = json.loads(out_json.read_text())
+    assert figures["cuda"] is False
+    assert figures["a_eager"]["images_per_s"] > 0 and figures["a_eager"]["fwd_flops"] > 0
+    assert [row["trials"] for row in figures["b"]] == [1, 2]
+    assert all(row["ok"] == row["trials"] for row in figures["b"])
+    assert figures["c"]["best_val_acc"] is not None
+
+
+def test_forward_flops_matches_seed_hw3() -> None:
+    """The MFU's FLOP count, from conv/linear layers: seed_hw3 is ~6.6 GFLOP per image."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from bench_gpu import forward_flops
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    from fer_ray.models import build_model
+    from fer_ray.models.vgg_fer import MODEL_PRESETS
+
+    flops = forward_flops(build_model(MODEL_PRESETS["seed_hw3"]))
+    assert 6.5e9 < flops < 6.7e9
