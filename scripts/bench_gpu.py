@@ -46,7 +46,9 @@ from fer_ray.search.settings import SearchSettings
 from fer_ray.search.tuner import build_trainable, init_ray, run_config
 from fer_ray.train import Trainer, get_preset
 
-DEFAULT_DATA = Path("/work/shared/data/fer2013")
+# FER2013_DIR if set, else the shared folder beside the repository (as CI lays it out).
+DEFAULT_DATA = Path(os.environ.get(
+    "FER2013_DIR", Path(__file__).resolve().parent.parent.parent / "shared/data/fer2013"))
 
 
 def forward_flops(model: torch.nn.Module, size: int = 48) -> int:
