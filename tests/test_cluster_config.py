@@ -23,7 +23,8 @@ def test_cluster_config_is_valid(name: str) -> None:
     config = prepare_config(copy.deepcopy(_load(name)))
     validate_config(config)
     commands = " ".join(config["setup_commands"])
-    assert "ray[tune]==2.60.0" in commands and "torch==2.14.1" in commands
+    # ray[default]: the job server that `ray job submit` needs; tune: the search.
+    assert "ray[default,tune]==2.60.0" in commands and "torch==2.14.1" in commands
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
 
 
