@@ -32,10 +32,9 @@ from fer_ray.config import AugmentConfig, TrainConfig, merge
 from fer_ray.data import FerData, load_data
 from fer_ray.data.loaders import read_split
 from fer_ray.errors import ConfigError
-from fer_ray.metrics import accuracy, macro_f1
 from fer_ray.models import build_model
 from fer_ray.train.cli import resolve_config
-from fer_ray.train.loop import Trainer, predict_logits, resolve_device, to_device_images
+from fer_ray.train.loop import Trainer, resolve_device, score_splits, to_device_images
 from fer_ray.train.presets import PRESETS
 
 NO_AUGMENT = AugmentConfig(hflip=0.0, rotation=0.0, scale=0.0, translate=0.0)
@@ -89,12 +88,9 @@ def train_once(config: TrainConfig, data: FerData, device: torch.device) -> dict
         "val_acc": kept.get("val_acc", 0.0), "val_macro_f1": kept.get("val_macro_f1", 0.0),
         "best_val_acc": best.get("val_acc", 0.0), "best_epoch": int(best.get("epoch", 0)),
         "epochs_run": trainer.epoch, "seconds": time.perf_counter() - start}
-    for name, split in data.tests.items():
-        if split.labels is None or not len(split):
-            continue
-        preds = predict_logits(trainer.model, split.images, device).argmax(1).cpu().numpy()
-        row[f"test_acc.{name}"] = accuracy(split.labels, preds)
-        row[f"test_macro_f1.{name}"] = macro_f1(split.labels, preds)
+    for name, scores in score_splits(trainer.model, data.tests, device).items():
+        row[f"test_acc.{name}"] = scores["acc"]
+        row[f"test_macro_f1.{name}"] = scores["macro_f1"]
     return row
 
 

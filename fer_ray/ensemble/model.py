@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fer_ray import storage
 from fer_ray.config import TrainConfig, from_dict, to_dict
 from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.calibration import temperature_scale
 from fer_ray.ensemble.decision import defer_mask, predict_with_biases
 from fer_ray.ensemble.voting import SoftVotingEnsemble
 from fer_ray.errors import ConfigError, DataError
-from fer_ray.models.io import atomic_write_text, load_weights, save_weights
+from fer_ray.models.io import load_weights, save_weights
 from fer_ray.models.vgg_fer import VGGFer, build_model
 from fer_ray.train.loop import predict_logits
 
@@ -127,7 +128,7 @@ class Ensemble:
                 "defer": {"kind": self.defer_kind, "threshold": self.defer_threshold},
                 "info": self.info,
             }
-            atomic_write_text(tmp / ENSEMBLE_JSON, json.dumps(record, indent=2))
+            storage.write_bytes(str(tmp / ENSEMBLE_JSON), json.dumps(record, indent=2).encode())
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -7,14 +7,15 @@ from the JSON config through the model registry.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from fer_ray import storage
 from fer_ray.config import TrainConfig, from_dict, to_dict
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.models.vgg_fer import VGGFer, build_model
@@ -23,19 +24,10 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + rename, so an interrupted write leaves the old file intact."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Write the state dict as safetensors, atomically (temp file + rename)."""
+    """Write the state dict as safetensors, atomically (``storage.write_bytes``)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    storage.write_bytes(str(path), safetensors_bytes(state))
 
 
 def save_model(model: VGGFer, directory: str | Path, config: TrainConfig,
@@ -45,7 +37,7 @@ def save_model(model: VGGFer, directory: str | Path, config: TrainConfig,
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(model, directory / WEIGHTS)
     payload = {"config": to_dict(config), **(extra or {})}
-    atomic_write_text(directory / CONFIG, json.dumps(payload, indent=2))
+    storage.write_bytes(str(directory / CONFIG), json.dumps(payload, indent=2).encode())
     return directory
 
 

@@ -16,7 +16,6 @@ from fer_ray._cli import versions
 from fer_ray.config import to_dict
 from fer_ray.data import fingerprint, format_class_table
 from fer_ray.errors import ConfigError, DataError
-from fer_ray.metrics import accuracy, macro_f1
 from fer_ray.models.io import load_model
 from fer_ray.search.results import (
     USABLE,
@@ -37,7 +36,7 @@ from fer_ray.search.settings import (
 )
 from fer_ray.search.tuner import SearchRun, run_search
 from fer_ray.space import load_space
-from fer_ray.train.loop import predict_logits
+from fer_ray.train.loop import score_splits
 
 
 def resolve_settings(settings: SearchSettings, resume: bool) -> SearchSettings:
@@ -59,14 +58,7 @@ def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
     if usable.empty or not run.data.tests:
         return {}
     model, _ = load_model(storage.fetch_dir(usable.iloc[0]["best_checkpoint"]))
-    scores = {}
-    for name, split in run.data.tests.items():
-        if split.labels is None:
-            continue
-        preds = predict_logits(model, split.images).argmax(1).cpu().numpy()
-        scores[name] = {"acc": accuracy(split.labels, preds),
-                        "macro_f1": macro_f1(split.labels, preds), "n": len(split)}
-    return scores
+    return score_splits(model, run.data.tests)
 
 
 def run_experiment(settings: SearchSettings, resume: bool = False,

@@ -12,11 +12,10 @@ import pandas as pd
 
 from fer_ray._cli import run_main, versions
 from fer_ray.config import TrainConfig, load_config, merge
-from fer_ray.data import CLASS_NAMES, FerData, fingerprint, format_class_table, load_data
+from fer_ray.data import CLASS_NAMES, fingerprint, format_class_table, load_data
 from fer_ray.data.loaders import read_split
-from fer_ray.metrics import accuracy, macro_f1
 from fer_ray.models.io import save_model
-from fer_ray.train.loop import fit, predict_logits, resolve_device
+from fer_ray.train.loop import fit, resolve_device, score_splits
 from fer_ray.train.presets import PRESETS, get_preset
 
 
@@ -67,18 +66,6 @@ def drop_none(tree: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def evaluate_tests(result_model: Any, data: FerData, device: Any) -> dict[str, dict[str, float]]:
-    """Accuracy and macro-F1 on every labelled test split."""
-    scores = {}
-    for name, split in data.tests.items():
-        if split.labels is None or len(split) == 0:
-            continue
-        preds = predict_logits(result_model, split.images, device).argmax(1).cpu().numpy()
-        scores[name] = {"acc": accuracy(split.labels, preds),
-                        "macro_f1": macro_f1(split.labels, preds), "n": float(len(split))}
-    return scores
-
-
 def train_main(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     device = resolve_device(args.device)
@@ -101,7 +88,7 @@ def train_main(args: argparse.Namespace) -> int:
     t_fit = time.perf_counter()
     result = fit(config, data, device, on_epoch=show)
     train_seconds = time.perf_counter() - t_fit
-    tests = evaluate_tests(result.model, data, device)
+    tests = score_splits(result.model, data.tests, device)
 
     out = Path(args.out or f"runs/train-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     record = {"best": result.best, "tests": tests, "train_seconds": train_seconds,

@@ -79,6 +79,19 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor,
     return torch.cat(out) if out else torch.zeros(0, 7, device=device)
 
 
+def score_splits(model: torch.nn.Module, splits: dict[str, Split],
+                 device: torch.device | None = None) -> dict[str, dict[str, float]]:
+    """Accuracy, macro-F1 and size of ``model`` on every labelled, non-empty split."""
+    scores: dict[str, dict[str, float]] = {}
+    for name, split in splits.items():
+        if split.labels is None or len(split) == 0:
+            continue
+        preds = predict_logits(model, split.images, device).argmax(1).cpu().numpy()
+        scores[name] = {"acc": accuracy(split.labels, preds),
+                        "macro_f1": macro_f1(split.labels, preds), "n": len(split)}
+    return scores
+
+
 @dataclass
 class FitResult:
     """model: best weights, eval mode. val_probs: (N_val, 7) float32 softmax at the best epoch."""
