@@ -1,16 +1,23 @@
 """The Ray Tune trainable: one trial = one config trained epoch by epoch, checkpointed each epoch.
 
-Each epoch it reports val_acc, val_loss, val_macro_f1, train_loss, epoch, lr, images/s and a
-checkpoint holding what later stages need: ``model.safetensors`` + ``config.json`` (the
-resolved config, the trial's sampled params, the epoch's metrics), ``val_probs.npy`` /
-``val_labels.npy``, and ``trainer_state.pt`` (optimizer, schedule and RNG state, loaded with
-``weights_only=True``) so a retried trial continues where it stopped, not from epoch 0.
+Each epoch it reports val_acc, val_loss, val_macro_f1, train_loss, epoch, planned_epochs, lr,
+images/s and a checkpoint holding what later stages need: ``model.safetensors`` +
+``config.json`` (the resolved config, the trial's sampled params, the epoch's metrics),
+``val_probs.npy`` / ``val_labels.npy``, and ``trainer_state.pt`` (optimizer, schedule and RNG
+state, without the weights, loaded with ``weights_only=True``) so a retried trial continues
+where it stopped, not from epoch 0.
+
+With a deadline (``TrialSetup.stop_at``) a trial plans its schedule to end before it: after
+each epoch it shortens ``planned_epochs`` to what still fits at its measured pace, and its
+learning-rate schedule anneals by the new end instead of being cut off at a high rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +30,10 @@ from ray import tune
 from fer_ray.config import TrainConfig
 from fer_ray.data import Split
 from fer_ray.errors import ConfigError
-from fer_ray.models.io import save_model
+from fer_ray.models.io import WEIGHTS, load_weights, read_config, save_model
+from fer_ray.search.results import split_trial_number, trial_seed
 from fer_ray.space import SearchSpace, check_architecture
-from fer_ray.train.loop import Trainer
+from fer_ray.train.loop import DeadlinePlanner, Trainer
 
 TRAINER_STATE = "trainer_state.pt"
 VAL_PROBS = "val_probs.npy"
@@ -36,13 +44,15 @@ VAL_LABELS = "val_labels.npy"
 class TrialData:
     """Arrays every trial trains on; shipped once through the object store.
 
-    train_images/val_images: (N, 48, 48) uint8; train_labels/val_labels: (N,) int64.
+    train_images/val_images: (N, 48, 48) uint8; train_labels/val_labels: (N,) int64;
+    normalization: the training pixels' (mean, std) in [0, 1], computed once on the driver.
     """
 
     train_images: np.ndarray
     train_labels: np.ndarray
     val_images: np.ndarray
     val_labels: np.ndarray
+    normalization: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ class TrialSetup:
     max_epochs: int
     cpus_per_trial: float
     device: str = "auto"
+    stop_at: float | None = None  # epoch seconds by which every trial must have stopped
+    trial_seconds: float | None = None  # each trial's time share (budgeted searches)
     # Fault injection for tests: raise after this epoch (0 = off), on the first attempt only
     # ("once") or on every attempt ("always").
     fail_at_epoch: int = 0
@@ -61,8 +73,11 @@ class TrialSetup:
 
 
 def trial_config(params: dict[str, Any], setup: TrialSetup) -> TrainConfig:
-    """The resolved config of a trial: base (which trains for max_epochs) + sampled params."""
-    return setup.space.to_config(params, setup.base)
+    """The resolved config of a trial: base (which trains for max_epochs) + sampled params,
+    with the trial's own seed (``trial_seed`` of the searcher's trial number)."""
+    sampled, number = split_trial_number(params)
+    config = setup.space.to_config(sampled, setup.base)
+    return dataclasses.replace(config, seed=trial_seed(setup.base.seed, number))
 
 
 def _node_id() -> str:
@@ -82,8 +97,38 @@ def _report_terminal(status: str, epoch: int, extra: dict[str, Any] | None = Non
     tune.report({**metrics, **(extra or {})})
 
 
+def _resume(trainer: Trainer) -> None:
+    """Continue from the trial's last checkpoint, if any, with the epochs it had planned."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as directory:
+        load_weights(trainer.model, Path(directory) / WEIGHTS)
+        # On the CPU: Optimizer.load_state_dict moves the moments to the parameters' device
+        # and keeps Adam's step counter on the host, as torch expects (no per-step syncs).
+        state = torch.load(Path(directory) / TRAINER_STATE, weights_only=True,
+                           map_location="cpu")
+        trainer.load_state_dict(state)
+        saved, _ = read_config(directory)
+    trainer.plan_epochs(saved.epochs)
+
+
+def _report_epoch(trainer: Trainer, params: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Report the epoch with a lean checkpoint: weights once (safetensors), config, the
+    validation probabilities, and the optimizer/schedule/RNG state without the weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(trainer.model, tmp, trainer.config,
+                   extra={"params": params, "metrics": metrics, "epoch": trainer.epoch})
+        np.save(Path(tmp) / VAL_PROBS, trainer.val_probs)
+        np.save(Path(tmp) / VAL_LABELS, trainer.val_labels)
+        state = {k: v for k, v in trainer.state_dict().items() if k != "model"}
+        torch.save(state, Path(tmp) / TRAINER_STATE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
 def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) -> None:
     """Ray Tune function trainable (wrap with ``tune.with_parameters(..., data=, setup=)``)."""
+    started = time.time()
     torch.set_num_threads(max(1, int(setup.cpus_per_trial)))
     try:
         config = trial_config(params, setup)
@@ -95,32 +140,27 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
     # Arrays from the object store are read-only views; the trainer copies them to its device.
     train = Split(data.train_images, data.train_labels, "train")
     val = Split(data.val_images, data.val_labels, "val")
-    trainer = Trainer(config, train, val, setup.device)
-
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / TRAINER_STATE, weights_only=True,
-                               map_location=trainer.device)
-            trainer.load_state_dict(state)
+    trainer = Trainer(config, train, val, setup.device, data.normalization)
+    _resume(trainer)
     resumed_from = trainer.epoch
     if setup.fail_mode == "always" and 0 < setup.fail_at_epoch <= resumed_from:
         raise RuntimeError(f"injected failure on resume at epoch {resumed_from}")
 
-    while trainer.epoch < setup.max_epochs:
+    deadline = setup.stop_at
+    if setup.trial_seconds is not None:
+        deadline = min(deadline or math.inf, started + setup.trial_seconds)
+    planner = DeadlinePlanner(trainer, deadline) if deadline is not None else None
+    while trainer.epoch < trainer.config.epochs:
         metrics: dict[str, Any] = dict(trainer.run_epoch())
         metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag="ok")
         if not math.isfinite(metrics["train_loss"]):
             # A NaN/inf loss never recovers: stop now, without a checkpoint of broken weights.
             _report_terminal("diverged", trainer.epoch, {"train_loss": metrics["train_loss"]})
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_model(trainer.model, tmp, config,
-                       extra={"params": params, "metrics": metrics, "epoch": trainer.epoch})
-            np.save(Path(tmp) / VAL_PROBS, trainer.val_probs)
-            np.save(Path(tmp) / VAL_LABELS, trainer.val_labels)
-            torch.save(trainer.state_dict(), Path(tmp) / TRAINER_STATE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if planner is not None:
+            planner.after_epoch()
+        metrics.update(planned_epochs=trainer.config.epochs, seed=config.seed)
+        _report_epoch(trainer, params, metrics)
         if trainer.epoch == setup.fail_at_epoch and (resumed_from == 0
                                                      or setup.fail_mode == "always"):
             raise RuntimeError(f"injected failure after epoch {trainer.epoch}")

@@ -77,6 +77,7 @@ def test_paper_samples_fit_the_drawn_number_of_blocks() -> None:
         for name, value in params.items():  # no sampled param dropped
             if name == "model.num_blocks":
                 continue
+            name = re.sub(r"\[.*\]$", "", name)  # a "by" param's branch, e.g. lr[sgd]
             key, _, index = name.rpartition(".") if name[-1].isdigit() else (name, "", "")
             got = _get(config, key)
             got = got[int(index)] if index else got
@@ -242,6 +243,20 @@ BAD_CASES = [
     ("- optim.lr\n- 0.1\n", "top level: expected a mapping"),
     ("", "top level: expected a mapping"),
     ("description: no params\n", "params: expected a mapping"),
+    ("params:\n  optim.lr: {by: optim.optimizer, sgd: 0.1}\n",
+     "params.optim.lr.by: 'optim.optimizer' must name an earlier choice"),
+    ("params:\n  optim.optimizer: {type: choice, values: [sgd, adam]}\n"
+     "  optim.lr: {by: optim.optimizer, adamw: 0.1}\n",
+     "params.optim.lr.adamw: not a value of optim.optimizer (sgd, adam)"),
+    ("params:\n  optim.optimizer: {type: choice, values: [sgd, adam]}\n"
+     "  optim.lr: {by: optim.optimizer, sgd: {type: uniform, low: 1, high: 0.1}}\n",
+     "params.optim.lr.sgd: empty range"),
+    ("params:\n  optim.optimizer: {type: choice, values: [sgd]}\n"
+     "  model.filters: {by: optim.optimizer, sgd: 8}\n",
+     "params.model.filters.by: not for per-block fields"),
+    (GOOD + "points: {optim: {lr: 0.001}}\n", "points: expected a list of mappings"),
+    (GOOD + "points:\n  - {optim: {lrr: 0.001}}\n", "points[0]: unknown config key optim.lrr"),
+    (GOOD + "points:\n  - {optim: {lr: 0.5}}\n", "points[0]: optim.lr is outside the space"),
 ]
 
 
@@ -280,3 +295,74 @@ def test_constant_filters_set_the_number_of_blocks() -> None:
     config = space.to_config(flat, TrainConfig())
     assert config.model.filters == (8, 16) and len(config.model.dropout) == 2
     assert space.contains(config)
+
+
+BY_SPACE = """
+params:
+  optim.optimizer: {type: choice, values: [sgd, adam, adamw]}
+  optim.lr:
+    by: optim.optimizer
+    sgd: {type: loguniform, low: 1.0e-2, high: 1.0e-1}
+    adam: 3.0e-4
+  optim.weight_decay: {by: optim.optimizer, adamw: {type: choice, values: [0.01, 0.05]}}
+points:
+  - {optim: {optimizer: sgd, lr: 0.05}}
+  - {optim: {optimizer: adamw, weight_decay: 0.05}}
+"""
+
+
+def test_by_params_draw_one_distribution_per_value(tmp_path: Path) -> None:
+    path = tmp_path / "by.yaml"
+    path.write_text(BY_SPACE)
+    space = load_space(str(path))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        flat = space.sample(study.ask())
+        config = space.to_config(flat, TrainConfig())
+        seen.add(config.optim.optimizer)
+        assert space.contains(config) and space.params_of(config) == flat
+        if config.optim.optimizer == "sgd":
+            assert 1e-2 <= config.optim.lr <= 1e-1 and set(flat) == {
+                "optim.optimizer", "optim.lr[sgd]"}
+        elif config.optim.optimizer == "adam":
+            assert config.optim.lr == 3e-4
+        else:  # no lr branch for adamw: the default rate
+            assert config.optim.lr == TrainConfig().optim.lr
+            assert config.optim.weight_decay in (0.01, 0.05)
+    assert seen == {"sgd", "adam", "adamw"}
+    outside = merge(TrainConfig(), {"optim": {"optimizer": "sgd", "lr": 0.5}})
+    assert space.outside(outside) == "optim.lr"
+    with pytest.raises(ConfigError, match=r"optim.lr\[sgd\]: 0.5 is outside"):
+        space.to_config({"optim.optimizer": "sgd", "optim.lr[sgd]": 0.5}, TrainConfig())
+
+
+def test_points_lie_in_their_spaces_and_round_trip() -> None:
+    for name in ("small", "paper"):
+        space = load_space(name)
+        assert space.points, name
+        for config in space.point_configs():
+            assert space.contains(config)
+            again = space.to_config(space.params_of(config), TrainConfig())
+            assert again.optim == config.optim and again.augment == config.augment
+            assert again.model.filters == config.model.filters
+
+
+def test_small_contains_the_hand_written_recipe() -> None:
+    """3 blocks of two 3x3 convs (32/64/128), BN, dropout, dense 256, flips, Adam one-cycle,
+    batch 128: the network and recipe fer-ray is measured against (bench_quality.py)."""
+    recipe = merge(TrainConfig(), {
+        "model": {"filters": [32, 64, 128], "convs_per_block": [2], "dropout": [0.25],
+                  "spatial_dropout": False, "dense_units": [256], "dense_dropout": 0.5},
+        "optim": {"optimizer": "adam", "lr": 0.002, "weight_decay": 0.0,
+                  "schedule": "onecycle", "batch_size": 128, "label_smoothing": 0.0,
+                  "nesterov": True},
+        "augment": {"hflip": 0.5, "rotation": 0.0, "scale": 0.0, "translate": 0.0}})
+    assert load_space("small").contains(recipe)
+
+
+def test_paper_points_start_from_the_seed_network() -> None:
+    seed = load_space("paper").point_configs()[0]
+    preset = MODEL_PRESETS["seed_hw3"]
+    assert seed.model.filters == preset.filters and seed.model.stem_filters == 256
+    assert (seed.optim.optimizer, seed.optim.lr, seed.optim.batch_size) == ("adam", 1e-3, 64)

@@ -1,24 +1,26 @@
 """Build an ensemble from a finished experiment; every choice on validation, test reported once.
 
-Candidates are the experiment's usable trials (completed or stopped early by ASHA; never
-diverged, invalid or errored), each at its best checkpoint. Variants compared on validation:
-the best single model, uniform soft voting over the top k, and Caruana's greedy selection over
-all candidates, each with and without flip TTA. The chosen variant then gets a temperature,
-per-class logit biases and a deferral threshold, all fitted on validation. Only then are the
-test splits scored, for every variant, so the table shows what the choices were worth.
+Candidates are the usable trials' kept checkpoints (``candidates.py``: best and latest epoch
+of every completed, ASHA-stopped or deadline-stopped trial; never diverged, invalid or
+errored). Variants compared on validation: the best single model, uniform soft voting over
+the top k trials (never ones ASHA stopped at its first rung, unless too few others exist),
+and Caruana's greedy selection over all candidates, each with and without flip TTA. The
+chosen variant then gets a temperature, per-class logit biases and a deferral threshold, all
+fitted on validation. Only then are the test splits scored, for every variant, so the table
+shows what the choices were worth (with a deadline, only the chosen ensemble when time is
+short).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
-from fer_ray import storage
-from fer_ray.data import FerData, fingerprint
+from fer_ray.data import fingerprint
 from fer_ray.ensemble.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -26,6 +28,7 @@ from fer_ray.ensemble.calibration import (
     probs_to_logits,
     temperature_scale,
 )
+from fer_ray.ensemble.candidates import Candidates, load_candidates
 from fer_ray.ensemble.decision import (
     accuracy_coverage_curve,
     defer_mask,
@@ -33,36 +36,12 @@ from fer_ray.ensemble.decision import (
     predict_with_biases,
     threshold_for_coverage,
 )
-from fer_ray.ensemble.model import Ensemble, Member
+from fer_ray.ensemble.model import Ensemble
 from fer_ray.ensemble.selection import greedy_selection
-from fer_ray.errors import DataError
 from fer_ray.metrics import accuracy, confusion_matrix, macro_f1, per_class_scores
-from fer_ray.models.io import load_model
-from fer_ray.search.results import USABLE
-from fer_ray.search.settings import (
-    SearchSettings,
-    load_search_data,
-    read_results,
-    read_search_json,
-    settings_from_record,
-)
 
 Method = Literal["uniform", "greedy"]
 VARIANTS = ("best single", "uniform top-k", "greedy")
-
-
-@dataclass
-class Candidates:
-    """Usable trials, best first, with their models and validation probabilities.
-
-    val_probas: (n_candidates, N_val, 7) without TTA; val_probas_tta: with TTA.
-    """
-
-    rows: pd.DataFrame
-    members: list[Member]
-    data: FerData
-    val_probas: np.ndarray
-    val_probas_tta: np.ndarray
 
 
 @dataclass
@@ -79,41 +58,6 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "nll": nll(probs, labels)}
 
 
-def load_candidates(experiment: str, max_candidates: int = 20,
-                    extra_test: str | None = None) -> Candidates:
-    """The experiment's usable trials (at most ``max_candidates``, best first) and its data."""
-    record = read_search_json(experiment)
-    settings = settings_from_record(record, experiment)
-    df = read_results(experiment)
-    rows = df[df["status"].isin(USABLE) & (df["best_checkpoint"] != "")]
-    rows = rows.sort_values(settings.metric, ascending=settings.mode != "max", kind="stable")
-    rows = rows.head(max_candidates).reset_index(drop=True)
-    if rows.empty:
-        raise DataError(f"{experiment}: no trial finished an epoch, so there is nothing to "
-                        "ensemble")
-    if extra_test:
-        settings = SearchSettings(**{**settings.to_dict(), "test": extra_test})
-    data = load_search_data(settings)
-    if fingerprint(data) != record.get("data", {}).get("fingerprint"):
-        raise DataError(f"{experiment}: the data no longer matches the experiment's fingerprint")
-    assert data.val.labels is not None
-    members, probas, probas_tta = [], [], []
-    for _, row in rows.iterrows():
-        ckpt = storage.fetch_dir(str(row["best_checkpoint"]))
-        model, config = load_model(ckpt)
-        member = Member(str(row["trial_id"]), config, model,
-                        {"trial_id": str(row["trial_id"]), "val_acc": float(row["val_acc"]),
-                         "best_epoch": int(row["best_epoch"]), "checkpoint": str(ckpt)})
-        stored = np.load(ckpt / "val_probs.npy")
-        if not np.array_equal(np.load(ckpt / "val_labels.npy"), data.val.labels):
-            raise DataError(f"{ckpt}: validation labels differ from the experiment's split")
-        single = Ensemble([member], np.ones(1), tta=True)
-        members.append(member)
-        probas.append(stored)
-        probas_tta.append(single.member_probas(data.val.images)[0])
-    return Candidates(rows, members, data, np.stack(probas), np.stack(probas_tta))
-
-
 def variant_weights(cands: Candidates, top_k: int, seed: int) -> dict[str, np.ndarray]:
     """Member weights (n_candidates,) of each variant, chosen on validation (no TTA)."""
     n = len(cands.members)
@@ -121,8 +65,15 @@ def variant_weights(cands: Candidates, top_k: int, seed: int) -> dict[str, np.nd
     assert labels is not None
     single = np.zeros(n)
     single[0] = 1.0
+    # One checkpoint per trial (its best), best trials first, skipping trials ASHA stopped at
+    # its first rung while enough others remain.
+    trials = cands.rows["trial_id"].astype(str).tolist()
+    firsts = [i for i in range(n) if trials.index(trials[i]) == i]
+    ranked = [i for i in firsts if not cands.first_rung[i]]
+    ranked += [i for i in firsts if cands.first_rung[i]]
+    picked = ranked[:min(top_k, len(ranked))]
     uniform = np.zeros(n)
-    uniform[:min(top_k, n)] = 1.0 / min(top_k, n)
+    uniform[picked] = 1.0 / len(picked)
     greedy = greedy_selection(cands.val_probas, labels, ensemble_size=max(20, 2 * top_k),
                               metric="log_loss", seed=seed)
     return {"best single": single, "uniform top-k": uniform, "greedy": greedy}
@@ -135,13 +86,15 @@ def _combine(probas: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def build_ensemble(experiment: str | os.PathLike[str], top_k: int = 5, method: Method = "greedy",
                    tta: bool | None = None, target_coverage: float = 0.9,
                    seed: int = 0, max_candidates: int = 20,
-                   extra_test: str | None = None) -> BuildResult:
+                   extra_test: str | None = None, deadline: float | None = None) -> BuildResult:
     """Choose, calibrate and package an ensemble; score every variant on the test splits.
 
     tta: None chooses on validation (accuracy) whether flip TTA helps.
+    deadline: epoch seconds by which to be done (a search's time budget): fewer candidates
+    are loaded, and only the chosen ensemble is scored on the tests when time is short.
     """
     experiment = str(experiment)
-    cands = load_candidates(experiment, max(max_candidates, top_k), extra_test)
+    cands = load_candidates(experiment, max(max_candidates, top_k), extra_test, deadline)
     labels = cands.data.val.labels
     assert labels is not None
     weights = variant_weights(cands, top_k, seed)
@@ -172,24 +125,41 @@ def build_ensemble(experiment: str | os.PathLike[str], top_k: int = 5, method: M
                      "data_fingerprint": fingerprint(cands.data), "validation": validation,
                      "final_validation": final["validation"]}
 
+    ensemble.info["test"] = score_tests(cands, weights, w, tta, ensemble, deadline)
+    return BuildResult(ensemble, validation, ensemble.info["test"], final)
+
+
+def score_tests(cands: Candidates, weights: dict[str, np.ndarray], chosen: np.ndarray,
+                tta: bool, ensemble: Ensemble, deadline: float | None
+                ) -> dict[str, dict[str, dict[str, float]]]:
+    """Every variant (± TTA) and the final ensemble on each labelled test split.
+
+    Only the candidates some variant uses are run. When a deadline leaves no time for all of
+    them, only the chosen ensemble's members are, and the table holds just "final".
+    """
+    used = np.flatnonzero(np.any([wv > 0 for wv in weights.values()], axis=0))
+    if deadline is not None and \
+            time.time() + cands.seconds_per_member_test * len(used) > deadline:
+        used, weights = np.flatnonzero(chosen > 0), {}
     test: dict[str, dict[str, dict[str, float]]] = {}
     for split_name, split in cands.data.tests.items():
         if split.labels is None:
             continue
-        pool = Ensemble(cands.members, np.ones(len(cands.members)) / len(cands.members))
-        plain = pool.member_probas(split.images)
+        pool = Ensemble([cands.members[i] for i in used], np.ones(len(used)) / len(used))
+        plain = np.zeros((len(cands.members), len(split), 7), np.float32)
+        flipped = plain.copy()
+        plain[used] = pool.member_probas(split.images)
         pool.tta = True
-        flipped = pool.member_probas(split.images)
+        flipped[used] = pool.member_probas(split.images)
         table = {}
         for name, wv in weights.items():
             table[name] = scores(_combine(plain, wv), split.labels)
             table[f"{name} + TTA"] = scores(_combine(flipped, wv), split.labels)
-        raw = _combine(flipped if tta else plain, w)
-        table["final"] = decision_report(raw, temperature_scale(raw, temperature), split.labels,
-                                         ensemble)
+        raw = _combine(flipped if tta else plain, chosen)
+        table["final"] = decision_report(raw, temperature_scale(raw, ensemble.temperature),
+                                         split.labels, ensemble)
         test[split_name] = table
-    ensemble.info["test"] = test
-    return BuildResult(ensemble, validation, test, final)
+    return test
 
 
 def decision_report(raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray,

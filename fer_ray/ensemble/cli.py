@@ -19,12 +19,16 @@ def format_result(result: BuildResult, top_k: int) -> str:
         f"{'acc   macro_f1':>18}" for _ in splits)]
     for variant in VARIANTS:
         for name in (variant, f"{variant} + TTA"):
-            cells = [result.validation[name]] + [result.test[s][name] for s in result.test]
+            # A test split without this variant: the deadline left time for the final only.
+            cells = [result.validation[name]] + [result.test[s].get(name) for s in result.test]
             lines.append(f"{name:<24}" + "".join(
-                f"{c['acc']:>10.4f}{c['macro_f1']:>8.4f}" for c in cells))
+                f"{c['acc']:>10.4f}{c['macro_f1']:>8.4f}" if c else f"{'-':>10}{'-':>8}"
+                for c in cells))
     e = result.ensemble
+    trials = len({m.info.get("trial_id", m.name) for m in e.members})
     lines.append(f"\nchosen on validation: {result.final['variant']} with {len(e.members)} "
-                 f"member(s), weights {', '.join(f'{w:.2f}' for w in e.weights)}; "
+                 f"member(s) from {trials} trial(s), "
+                 f"weights {', '.join(f'{w:.2f}' for w in e.weights)}; "
                  f"temperature {e.temperature:.2f}")
     for split, figures in [("validation", result.final["validation"]),
                            *[(s, t["final"]) for s, t in result.test.items()]]:
@@ -41,10 +45,14 @@ def format_result(result: BuildResult, top_k: int) -> str:
 
 
 def build_and_save(experiment: str | Path, out: str | Path | None, top_k: int, method: str,
-                   tta: bool | None, test: str | None = None) -> BuildResult:
-    """Build, save (next to the experiment by default, uploading to a URI) and print."""
+                   tta: bool | None, test: str | None = None, deadline: float | None = None
+                   ) -> BuildResult:
+    """Build, save (next to the experiment by default, uploading to a URI) and print.
+
+    deadline: epoch seconds by which to be done (see ``build_ensemble``).
+    """
     result = build_ensemble(experiment, top_k=top_k, method=method,  # type: ignore[arg-type]
-                            tta=tta, extra_test=test)
+                            tta=tta, extra_test=test, deadline=deadline)
     target = str(out or storage.join(experiment, "ensemble"))
     if storage.is_uri(target):
         local = result.ensemble.save(storage.CACHE / "ensembles" / Path(target).name)

@@ -30,7 +30,7 @@ from fer_ray.ensemble.voting import SoftVotingEnsemble
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.models.io import load_weights, save_weights
 from fer_ray.models.vgg_fer import VGGFer, build_model
-from fer_ray.train.loop import predict_logits
+from fer_ray.train.loop import EVAL_BATCH, predict_logits
 
 ENSEMBLE_JSON = "ensemble.json"
 FORMAT_VERSION = 1
@@ -68,7 +68,7 @@ class Ensemble:
             member.model.to(device)
         return self
 
-    def member_probas(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def member_probas(self, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
         """(n_members, N, 7) float32 softmax of each member for (N, 48, 48) uint8 images."""
         out = []
         for member in self.members:
@@ -82,7 +82,7 @@ class Ensemble:
         voted = SoftVotingEnsemble(self.weights).fit(probas).predict_proba(probas)
         return temperature_scale(voted, self.temperature)
 
-    def predict_proba(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
         """(N, 7) calibrated class probabilities for (N, 48, 48) uint8 images."""
         return self.combine(self.member_probas(images, batch_size))
 

@@ -135,7 +135,8 @@ class VGGFer(nn.Module):
                     layers.append(nn.BatchNorm2d(out_ch))
                 layers.append(act())
                 in_ch = out_ch
-            layers += [nn.MaxPool2d(2), nn.Dropout(p)]
+            layers += [nn.MaxPool2d(2),
+                       nn.Dropout2d(p) if config.spatial_dropout else nn.Dropout(p)]
         self.features = nn.Sequential(*layers)
 
         head: list[nn.Module] = [nn.Flatten()]

@@ -188,7 +188,7 @@ def _summary(doc: Document, inp: Inputs) -> None:
     trials = ", ".join(f"{n} {k}" for k, n in rec.get("trials", {}).items())
     best = rec.get("best") or {}
     doc.text(f"Experiment `{inp.experiment}`: space **{s.space}**, {len(inp.results)} trials "
-             f"({trials}), up to {s.max_epochs} epochs each with ASHA (grace {s.grace_period}, "
+             f"({trials}), up to {s.epochs_cap()} epochs each with ASHA (grace {s.grace_period}, "
              f"reduction factor {s.reduction_factor}); "
              f"{(rec.get('wall_seconds') or 0) / 60:.1f} minutes of wall time.")
     # The splits this report scores (a repeated --test split is shown once), else the record's.
@@ -276,8 +276,8 @@ def _training_section(doc: Document, inp: Inputs, out: Path) -> None:
         return
     s = inp.settings
     rungs = []
-    r = s.grace_period
-    while r < s.max_epochs:  # ASHA compares trials at grace * factor^k epochs
+    r = s.grace()
+    while r < s.epochs_cap():  # ASHA compares trials at grace * factor^k epochs
         rungs.append(r)
         r *= s.reduction_factor
     path = figures.plot_learning_curves(inp.histories, inp.results, out / "learning_curves.png",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from fer_ray._cli import run_main
 from fer_ray.search.settings import SearchSettings
@@ -20,10 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="fer2013.csv, train.csv, image folders, .npz or a folder")
     p.add_argument("--test", help="a labelled test set, evaluated only after all choices")
     p.add_argument("--space", default=d.space, help="search space name (search_spaces/) or YAML")
-    p.add_argument("--num-samples", type=int, default=d.num_samples, help="trials to run")
+    p.add_argument("--time-budget", type=float,
+                   help="minutes for the whole run, ensemble included: trials keep coming "
+                        "until the deadline, and the ones still running then are stopped")
+    p.add_argument("--num-samples", type=int, default=d.num_samples,
+                   help="trials to run (default: 16, or no limit with --time-budget)")
     p.add_argument("--max-epochs", type=int, default=d.max_epochs)
     p.add_argument("--grace-period", type=int, default=d.grace_period,
-                   help="ASHA: epochs every trial gets before it can be stopped")
+                   help="ASHA: epochs every trial gets before it can be stopped "
+                        "(default: a quarter of --max-epochs)")
     p.add_argument("--reduction-factor", type=int, default=d.reduction_factor)
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
@@ -35,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the experiment --name")
     p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--top-k", type=int, default=d.top_k, help="ensemble size")
-    p.add_argument("--time-budget", type=float, help="minutes; then no new trials start")
+    p.add_argument("--warm-start", metavar="EXPERIMENT",
+                   help="an earlier experiment: its best configs run first, and its finished "
+                        "trials seed TPE")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--subsample", type=int, help="use this many training images (stratified)")
@@ -43,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in data: images to generate")
     p.add_argument("--max-failures", type=int, default=d.max_failures,
                    help="retries of a crashed trial (from its last checkpoint)")
+    p.add_argument("--progress-every", type=float, default=d.progress_every, metavar="SECONDS",
+                   help="a status line this often during the search")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard")
     return p
 
@@ -53,6 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()
     args = build_parser().parse_args(argv)
 
     def body() -> int:
@@ -60,10 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         from fer_ray.search.experiment import run_experiment  # imports Ray: after parsing
         from fer_ray.search.settings import experiment_location
 
-        record = run_experiment(settings_from_args(args), resume=args.resume)
-        # The search ends with its ensemble, chosen on validation, scored once on the tests.
+        record = run_experiment(settings_from_args(args), resume=args.resume, started=started)
+        # The search ends with its ensemble, chosen on validation, scored once on the tests,
+        # inside what is left of the budget.
         settings = SearchSettings(**record["settings"])
-        build_and_save(experiment_location(settings), None, settings.top_k, "greedy", None)
+        build_and_save(experiment_location(settings), None, settings.top_k, "greedy", None,
+                       deadline=record.get("timing", {}).get("deadline"))
+        total = time.time() - started
+        budget = f" (budget {settings.time_budget:g} min)" if settings.time_budget else ""
+        print(f"whole run: {total / 60:.1f} min{budget}")
         return 0
 
     return run_main(body)

@@ -7,6 +7,7 @@ and ``results.parquet`` (one row per trial).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from fer_ray.config import to_dict
 from fer_ray.data import fingerprint, format_class_table
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.models.io import load_model
+from fer_ray.search.proposals import warm_start
 from fer_ray.search.results import (
     USABLE,
     as_jsonable,
@@ -29,12 +31,13 @@ from fer_ray.search.settings import (
     RESULTS_PARQUET,
     SEARCH_JSON,
     SearchSettings,
+    base_config,
     experiment_location,
     load_search_data,
     read_search_json,
     settings_from_record,
 )
-from fer_ray.search.tuner import SearchRun, run_search
+from fer_ray.search.tuner import SearchRun, Timing, run_search
 from fer_ray.space import load_space
 from fer_ray.train.loop import score_splits
 
@@ -52,6 +55,30 @@ def resolve_settings(settings: SearchSettings, resume: bool) -> SearchSettings:
                              "address": settings.address or saved.address})
 
 
+def post_search_reserve(budget_seconds: float) -> float:
+    """Seconds of a budget kept for what follows the trials: results, scoring the best model,
+    building the ensemble (fp32 flip-TTA over the candidates) and scoring it on the tests.
+
+    A tenth of the budget, at least 45 s (a quarter of budgets under 3 minutes) and at most
+    4 minutes; the ensemble build then fits its candidates into whatever is left
+    (``build_ensemble(deadline=...)``).
+    """
+    return min(max(0.1 * budget_seconds, min(45.0, 0.25 * budget_seconds)), 240.0)
+
+
+def run_timing(settings: SearchSettings, record: dict[str, Any], started: float) -> Timing:
+    """The run's deadlines: new from ``started`` and the budget, or a resumed run's own."""
+    if "timing" in record:
+        saved = record["timing"]
+        return Timing(saved["started"], saved.get("deadline"), saved.get("stop_at"),
+                      saved.get("trial_seconds"))
+    if not settings.time_budget:
+        return Timing(started)
+    deadline = started + 60 * settings.time_budget
+    stop_at = deadline - post_search_reserve(60 * settings.time_budget)
+    return Timing(started, deadline, stop_at, (stop_at - started) / settings.generations())
+
+
 def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
     """The best trial's best checkpoint on every labelled test split (after all choices)."""
     usable = df[df["status"].isin(USABLE) & (df["best_checkpoint"] != "")]
@@ -62,16 +89,32 @@ def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
 
 
 def run_experiment(settings: SearchSettings, resume: bool = False,
-                   fault: tuple[int, str] = (0, "once")) -> dict[str, Any]:
-    """Run or resume a search, write search.json and results.parquet, print a leaderboard."""
+                   fault: tuple[int, str] = (0, "once"), started: float | None = None
+                   ) -> dict[str, Any]:
+    """Run or resume a search, write search.json and results.parquet, print a leaderboard.
+
+    started: when the run began (epoch seconds; default now), the start of a time budget.
+    """
+    started = time.time() if started is None else started
     settings = resolve_settings(settings, resume)
     space = load_space(settings.space)  # a bad space fails before Ray starts
     path = experiment_location(settings)
     storage.check_writable(path)
     record: dict[str, Any] = read_search_json(path) if resume else {}
+    timing = run_timing(settings, record, started)
+    # An unusable --warm-start fails here, before anything is written or Ray starts.
+    warm = None if resume else warm_start(settings, space, base_config(settings))
 
-    print(f"experiment {path}  (space {settings.space}, {settings.num_samples} trials, "
-          f"{settings.max_epochs} epochs max, ASHA grace {settings.grace_period}, "
+    limit = settings.trial_limit()
+    trials = "trials until the deadline" if limit < 0 else f"{limit} trials"
+    budget = f", budget {settings.time_budget:g} min" if settings.time_budget else ""
+    if timing.trial_seconds:
+        schedule = (f"each trial up to {timing.trial_seconds / 60:.1f} min and "
+                    f"{settings.epochs_cap()} epochs, ASHA on time (grace "
+                    f"{timing.trial_seconds / 240:.1f} min")
+    else:
+        schedule = f"{settings.epochs_cap()} epochs max, ASHA grace {settings.grace()}"
+    print(f"experiment {path}  (space {settings.space}, {trials}{budget}, {schedule}, "
           f"reduction {settings.reduction_factor})", flush=True)
     data = load_search_data(settings)
     print(format_class_table(data), flush=True)
@@ -84,13 +127,15 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
             "source": data.source, "fingerprint": fingerprint(data), "n_train": len(data.train),
             "n_val": len(data.val), "tests": {k: len(v) for k, v in data.tests.items()},
             "converted": data.converted}, "versions": versions(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "timing": dataclasses.asdict(timing)}
         storage.write_bytes(storage.join(path, SEARCH_JSON), json.dumps(record, indent=2).encode())
-    run = run_search(settings, space, data, resume=resume, fault=fault)
+    run = run_search(settings, space, data, timing, warm, resume=resume, fault=fault)
 
     scheme = settings.storage.split("://")[0] if storage.is_uri(settings.storage) else ""
+    out_of_time = set(record.get("out_of_time", [])) | run.out_of_time
     df = trial_rows(run.results, run.space, run.base, settings.metric, settings.mode,
-                    settings.max_epochs, scheme)
+                    settings.epochs_cap(), scheme, out_of_time)
     write_parquet(df, storage.join(path, RESULTS_PARQUET))
     tests = evaluate_best(df, run)
     record.update({
@@ -99,8 +144,11 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "trials": status_counts(df),
         "best": as_jsonable(df.iloc[0][["trial_id", "val_acc", "val_macro_f1", "best_epoch",
                                         "best_checkpoint"]].to_dict()) if len(df) else {},
-        "best_single_test": tests,
+        "best_single_test": tests, "out_of_time": sorted(out_of_time),
     })
+    if run.warm is not None:
+        record["warm_start"] = {"points": len(run.warm.points), "history": len(run.warm.history),
+                                "skipped": run.warm.skipped}
     storage.write_bytes(storage.join(path, SEARCH_JSON),
                         json.dumps(as_jsonable(record), indent=2).encode())
 

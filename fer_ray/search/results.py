@@ -5,6 +5,7 @@ This module reads what Ray returned; it does not import Ray itself.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -18,8 +19,29 @@ from fer_ray import storage
 from fer_ray.config import TrainConfig, to_dict
 from fer_ray.space import SearchSpace
 
-# Statuses in results.parquet. Only completed and early_stopped trials may enter an ensemble.
-USABLE = ("completed", "early_stopped")
+# Statuses in results.parquet: completed (ran its planned epochs), early_stopped (by ASHA),
+# out_of_time (cut by the deadline), diverged, invalid, error. Only the first three may
+# enter an ensemble.
+USABLE = ("completed", "early_stopped", "out_of_time")
+
+
+# The searcher adds its trial number to every trial's params: the trial's seed offset.
+TRIAL_NUMBER = "trial_number"
+
+
+def split_trial_number(params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A trial's sampled params without the searcher's trial number, and that number."""
+    rest = {k: v for k, v in params.items() if k != TRIAL_NUMBER}
+    return rest, int(params.get(TRIAL_NUMBER, 0))
+
+
+def trial_seed(search_seed: int, trial_number: int) -> int:
+    """The search's seed plus the trial's number (0, 1, 2, ... in proposal order).
+
+    Trials with the same architecture must not share initial weights and batch order: an
+    ensemble of copies is no ensemble. Reproducible, as the proposal order is.
+    """
+    return search_seed + trial_number
 
 
 def _history(result: Any) -> pd.DataFrame:
@@ -27,7 +49,7 @@ def _history(result: Any) -> pd.DataFrame:
     return df if df is not None else pd.DataFrame()
 
 
-def _status(result: Any, history: pd.DataFrame, max_epochs: int) -> str:
+def _status(result: Any, history: pd.DataFrame, max_epochs: int, out_of_time: bool) -> str:
     if result.error is not None:
         return "error"
     flags = set(history.get("status_flag", pd.Series(dtype=str)).dropna())
@@ -36,9 +58,14 @@ def _status(result: Any, history: pd.DataFrame, max_epochs: int) -> str:
             return flag
     ok = history[history.get("status_flag", "ok") == "ok"] if len(history) else history
     epochs = int(ok["epoch"].max()) if len(ok) else 0
-    if epochs == 0:
-        return "error"
-    return "completed" if epochs >= max_epochs else "early_stopped"
+    if epochs == 0:  # nothing trained: cut by the deadline, or failed before epoch 1
+        return "out_of_time" if out_of_time else "error"
+    # A budgeted trial may plan fewer epochs than max_epochs, and then completes them.
+    planned = int(ok["planned_epochs"].iloc[-1]) if "planned_epochs" in ok \
+        and ok["planned_epochs"].notna().any() else max_epochs
+    if epochs >= planned:
+        return "completed"
+    return "out_of_time" if out_of_time else "early_stopped"
 
 
 def _error_text(result: Any, history: pd.DataFrame) -> str:
@@ -51,15 +78,14 @@ def _error_text(result: Any, history: pd.DataFrame) -> str:
     return ""
 
 
-def _best_checkpoint_path(result: Any, metric: str, mode: str, scheme: str) -> str:
-    """The best checkpoint's folder: a local path, or a URI when storage is remote."""
-    try:
-        checkpoint = result.get_best_checkpoint(metric, mode)
-    except (RuntimeError, ValueError, KeyError):
-        return ""
-    if checkpoint is None:
-        return ""
-    return f"{scheme}://{checkpoint.path}" if scheme else str(checkpoint.path)
+def _checkpoint_paths(result: Any, metric: str, mode: str, scheme: str) -> list[dict[str, Any]]:
+    """The trial's kept checkpoints, best first: [{path, epoch, metric}]; a path is a local
+    folder, or a URI when storage is remote."""
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    sign = -1.0 if mode == "max" else 1.0  # ties: the latest epoch, the one Ray keeps
+    kept.sort(key=lambda cm: (sign * float(cm[1][metric]), -int(cm[1].get("epoch", 0))))
+    return [{"path": f"{scheme}://{c.path}" if scheme else str(c.path),
+             "epoch": int(m.get("epoch", 0)), metric: float(m[metric])} for c, m in kept]
 
 
 def _column_max(history: pd.DataFrame, column: str, default: float) -> float:
@@ -69,34 +95,43 @@ def _column_max(history: pd.DataFrame, column: str, default: float) -> float:
 
 
 def _trial_row(result: Any, space: SearchSpace, base: TrainConfig, metric: str, mode: str,
-               max_epochs: int, scheme: str) -> dict[str, Any]:
+               max_epochs: int, scheme: str, out_of_time: set[str]) -> dict[str, Any]:
     history = _history(result)
-    status = _status(result, history, max_epochs)
-    params = dict(result.config or {})
+    trial_id = Path(result.path).name.removeprefix("trial_")
+    status = _status(result, history, max_epochs, trial_id in out_of_time)
+    params, number = split_trial_number(dict(result.config or {}))
     ok = history[history["status_flag"] == "ok"] if "status_flag" in history else history
-    row: dict[str, Any] = {"trial_id": Path(result.path).name.removeprefix("trial_"),
+    row: dict[str, Any] = {"trial_id": trial_id, TRIAL_NUMBER: number,
                            "status": status, "asha_stopped": status == "early_stopped",
                            "val_acc": 0.0, "val_loss": math.inf, "val_macro_f1": 0.0,
                            "best_epoch": 0, "epochs_run": 0, "images_per_s": 0.0}
     if len(ok) and metric in ok:
-        best = ok.loc[ok[metric].idxmax() if mode == "max" else ok[metric].idxmin()]
+        latest_first = ok.iloc[::-1]  # ties: the latest epoch, whose checkpoint Ray keeps
+        best = latest_first.loc[latest_first[metric].idxmax() if mode == "max"
+                                else latest_first[metric].idxmin()]
         row.update({
             "val_acc": float(best["val_acc"]), "val_loss": float(best["val_loss"]),
             "val_macro_f1": float(best["val_macro_f1"]), "best_epoch": int(best["epoch"]),
             "epochs_run": int(ok["epoch"].max()),
+            "planned_epochs": int(ok["planned_epochs"].iloc[-1])
+            if "planned_epochs" in ok and ok["planned_epochs"].notna().any() else max_epochs,
             "images_per_s": float(ok["images_per_s"].mean()),
         })
     node_ids = set(history["node_id"].dropna()) if "node_id" in history else set()
+    checkpoints = _checkpoint_paths(result, metric, mode, scheme) if status in USABLE else []
     row.update({
         "wall_time_s": _column_max(history, "time_total_s", 0.0),
         "node_ids": ",".join(sorted(node_ids)),
         "resumed_from_epoch": int(_column_max(history, "resumed_from", 0)),
-        "best_checkpoint": _best_checkpoint_path(result, metric, mode, scheme)
-        if status in USABLE else "",
+        "best_checkpoint": checkpoints[0]["path"] if checkpoints else "",
+        "checkpoints_json": json.dumps(checkpoints),
         "error": _error_text(result, history),
     })
     try:  # base already trains for max_epochs; the space fills in the sampled fields
-        row["config_json"] = json.dumps(to_dict(space.to_config(params, base)))
+        config = space.to_config(params, base)  # planned_epochs: fewer when budgeted
+        config = dataclasses.replace(config, epochs=row.get("planned_epochs", config.epochs),
+                                     seed=trial_seed(base.seed, number))
+        row["config_json"] = json.dumps(to_dict(config))
     except Exception as exc:  # a trial whose params no longer fit the space
         row["config_json"] = json.dumps({"error": str(exc)})
     row.update({f"param.{k}": v for k, v in params.items()})
@@ -104,13 +139,15 @@ def _trial_row(result: Any, space: SearchSpace, base: TrainConfig, metric: str, 
 
 
 def trial_rows(results: Any, space: SearchSpace, base: TrainConfig, metric: str, mode: str,
-               max_epochs: int, scheme: str = "") -> pd.DataFrame:
-    """One row per trial: params, resolved config, best metrics, epochs, status, checkpoint.
+               max_epochs: int, scheme: str = "", out_of_time: set[str] | None = None
+               ) -> pd.DataFrame:
+    """One row per trial: params, resolved config, best metrics, epochs, status, checkpoints.
 
     scheme: the storage URI scheme ("s3", "file", ...), "" for local storage.
+    out_of_time: ids of the trials the deadline stopped.
     """
-    df = pd.DataFrame([_trial_row(r, space, base, metric, mode, max_epochs, scheme)
-                       for r in results])
+    df = pd.DataFrame([_trial_row(r, space, base, metric, mode, max_epochs, scheme,
+                                  out_of_time or set()) for r in results])
     if len(df):
         df = df.sort_values(metric, ascending=mode != "max", kind="stable")
     return df.reset_index(drop=True)
@@ -137,7 +174,7 @@ def _short_params(row: pd.Series) -> str:
 
 def leaderboard(df: pd.DataFrame, top: int = 10) -> str:
     """The top trials by validation accuracy as a fixed-width table."""
-    usable = df[df["status"].isin(USABLE)].head(top)
+    usable = df[df["status"].isin(USABLE) & (df["epochs_run"] > 0)].head(top)
     if usable.empty:
         return "(no trial finished an epoch)"
     lines = [f"{'rank':>4}  {'trial':<12} {'val_acc':>7} {'val_f1':>7} {'epochs':>6}  "

@@ -21,19 +21,29 @@ from fer_ray.errors import ConfigError, DataError
 
 SEARCH_JSON = "search.json"
 RESULTS_PARQUET = "results.parquet"
+DEFAULT_TRIALS = 16  # without --num-samples and without a time budget
+DEFAULT_EPOCHS = 6  # epochs per trial without --max-epochs and without a time budget
+BUDGET_EPOCH_CAP = 100  # with a budget, trials train as many epochs as their share allows
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Defaults: built-in data, the small space, sized for about 3 minutes on 2 CPU cores."""
+    """Defaults: built-in data, the small space, sized for about 3 minutes on 2 CPU cores.
+
+    Without a time budget: num_samples trials (default 16) of max_epochs (default 6), ASHA
+    on epochs with grace_period (default a quarter of max_epochs, so ASHA never judges on a
+    single noisy epoch of a long schedule). With a budget: trials keep coming until the
+    deadline; each gets a time share (``generations``) and plans its epochs (at most
+    max_epochs, default 100) to end within it; ASHA compares trials at equal time spent.
+    """
 
     data: str | None = None
     test: str | None = None
     space: str = "small"
-    num_samples: int = 16
-    max_epochs: int = 6
-    grace_period: int = 1
-    reduction_factor: int = 2
+    num_samples: int | None = None
+    max_epochs: int | None = None
+    grace_period: int | None = None
+    reduction_factor: int = 3
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0: as many trials as the cluster's resources allow
@@ -41,7 +51,9 @@ class SearchSettings:
     name: str = ""
     address: str | None = None
     top_k: int = 5
-    time_budget: float | None = None  # minutes
+    time_budget: float | None = None  # minutes, the whole run: search, ensemble and scoring
+    warm_start: str | None = None  # an earlier experiment whose finished trials seed TPE
+    progress_every: float = 30.0  # seconds between status lines during the search
     seed: int = 0
     val_fraction: float = 0.1
     subsample: int | None = None
@@ -51,16 +63,41 @@ class SearchSettings:
     max_failures: int = 2
     dashboard: bool = False
 
+    def trial_limit(self) -> int:
+        """Trials to run, for Ray Tune: -1 = keep proposing until the deadline."""
+        if self.num_samples is not None:
+            return self.num_samples
+        return -1 if self.time_budget else DEFAULT_TRIALS
+
+    def epochs_cap(self) -> int:
+        """Epochs a trial trains at most."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        return BUDGET_EPOCH_CAP if self.time_budget else DEFAULT_EPOCHS
+
+    def grace(self) -> int:
+        """ASHA's grace period in epochs (searches without a time budget)."""
+        return self.grace_period or max(1, round(self.epochs_cap() / 4))
+
+    def generations(self) -> int:
+        """With a budget: how many trials follow each other in one slot, each taking that
+        share of the search's time (unless ASHA stops it): 1 for 10 minutes, 2 for 45,
+        3 for 90. Longer budgets buy longer trials, not only more of them."""
+        minutes = self.time_budget or 0.0
+        return min(max(round((minutes / 10) ** 0.5), 1), 4)
+
     def check(self) -> SearchSettings:
         """Refuse values that would only fail later, inside Ray."""
         positive = {"num_samples": self.num_samples, "max_epochs": self.max_epochs,
                     "grace_period": self.grace_period, "top_k": self.top_k}
         for key, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise ConfigError(f"--{key.replace('_', '-')}: {value} must be at least 1")
-        if self.grace_period > self.max_epochs:
+        if self.grace() > self.epochs_cap():
             raise ConfigError(f"--grace-period: {self.grace_period} exceeds --max-epochs "
-                              f"{self.max_epochs}")
+                              f"{self.epochs_cap()}")
+        if self.progress_every <= 0:
+            raise ConfigError(f"progress_every: {self.progress_every} must be positive")
         if self.reduction_factor < 2:
             raise ConfigError(f"--reduction-factor: {self.reduction_factor} must be >= 2")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
@@ -111,7 +148,7 @@ def settings_from_record(record: dict[str, Any], location: str | os.PathLike[str
 
 def base_config(settings: SearchSettings) -> TrainConfig:
     """What every trial starts from: the search's data, seed and epoch budget."""
-    return merge(TrainConfig(), {"epochs": settings.max_epochs, "seed": settings.seed,
+    return merge(TrainConfig(), {"epochs": settings.epochs_cap(), "seed": settings.seed,
                                  "data": {"path": settings.data,
                                           "val_fraction": settings.val_fraction,
                                           "subsample": settings.subsample,

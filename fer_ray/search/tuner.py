@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.optuna import OptunaSearch
 
+from fer_ray.search.proposals import WarmStart, build_searcher, warm_start
 from fer_ray.search.settings import SearchSettings, base_config, experiment_location
+from fer_ray.train.loop import pixel_stats
 from fer_ray.trainable import TrialData, TrialSetup, fer_trainable
 
 
@@ -49,41 +50,95 @@ class _DropTempFileSyncRace(logging.Filter):
 
 
 class BudgetedLimiter(ConcurrencyLimiter):
-    """A concurrency limit that also stops proposing trials once a wall-clock deadline passes.
+    """A concurrency limit that also stops proposing trials when too little time is left.
 
-    Running trials finish normally, so the search ends cleanly and the ensemble is still built.
-    The deadline is absolute (epoch seconds): a resumed search keeps the original budget.
+    ``stop_at`` is absolute (epoch seconds; a resumed search keeps it). A new trial is only
+    started while even the fastest epoch seen so far would fit ``MIN_EPOCHS`` times before it.
     """
 
-    def __init__(self, searcher: Searcher, max_concurrent: int, deadline: float | None) -> None:
+    MIN_EPOCHS = 2
+
+    def __init__(self, searcher: Searcher, max_concurrent: int, stop_at: float | None) -> None:
         super().__init__(searcher, max_concurrent=max_concurrent)
-        self.deadline = deadline
+        self.deadline = stop_at
+        self.fastest_epoch = 0.0
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        seconds = float(result.get("time_this_iter_s") or 0.0)
+        if result.get("status_flag") == "ok" and seconds > 0:
+            self.fastest_epoch = min(self.fastest_epoch or seconds, seconds)
+        super().on_trial_result(trial_id, result)
 
     def suggest(self, trial_id: str) -> dict[Any, Any] | None:
-        if self.deadline is not None and time.time() >= self.deadline:
+        if self.deadline is not None and \
+                time.time() + self.MIN_EPOCHS * self.fastest_epoch >= self.deadline:
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray's documented sentinel
         return super().suggest(trial_id)
 
 
-class TrialPrinter(tune.Callback):
-    """One line per finished trial instead of Ray's periodic status tables."""
+class DeadlineStopper(tune.Stopper):
+    """Stops every trial at ``stop_at`` (epoch seconds); their checkpoints so far still count.
 
-    def __init__(self, num_samples: int, max_epochs: int, metric: str, mode: str) -> None:
-        self.total, self.max_epochs, self.metric, self.done = num_samples, max_epochs, metric, 0
-        self.sign = 1.0 if mode == "max" else -1.0
-        self.best: dict[str, float] = {}
+    Trials plan their schedules to end before it (``fer_trainable``), so this only catches
+    epochs that ran slower than planned.
+    """
+
+    def __init__(self, stop_at: float | None) -> None:
+        self.stop_at = stop_at
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stop_at is not None and time.time() >= self.stop_at
+
+
+class SearchPrinter(tune.Callback):
+    """One line per finished trial, and a status line every ``every`` seconds.
+
+    Also remembers which trials the deadline cut short (``out_of_time``).
+    """
+
+    def __init__(self, settings: SearchSettings, started: float, deadline: float | None,
+                 stop_at: float | None) -> None:
+        self.total, self.max_epochs = settings.trial_limit(), settings.epochs_cap()
+        self.metric, self.every = settings.metric, settings.progress_every
+        self.sign = 1.0 if settings.mode == "max" else -1.0
+        self.started, self.deadline, self.stop_at = started, deadline, stop_at
+        self.best: dict[str, tuple[float, int]] = {}  # trial -> (best metric, its epoch)
+        self.done, self.asha_stopped, self.last_line = 0, 0, time.time()
+        self.out_of_time: set[str] = set()
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         if result.get("status_flag") == "ok" and self.metric in result:
             value = float(result[self.metric])
             old = self.best.get(trial.trial_id)
-            if old is None or self.sign * value > self.sign * old:
-                self.best[trial.trial_id] = value
+            if old is None or self.sign * value > self.sign * old[0]:
+                self.best[trial.trial_id] = (value, int(result.get("epoch", 0)))
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        now = time.time()
+        if now - self.last_line >= self.every:
+            self.last_line = now
+            print(self.status_line(trials, now), flush=True)
+
+    def status_line(self, trials: list[Any], now: float) -> str:
+        """``[ 12:30 / 45:00] 2 running, 7 done (4 stopped early), best val_acc ...``."""
+        elapsed = _clock(now - self.started)
+        budget = f" / {_clock(self.deadline - self.started)}" if self.deadline else ""
+        running = sum(t.status == "RUNNING" for t in trials)
+        best = ""
+        if self.best:
+            trial_id, (value, epoch) = max(self.best.items(), key=lambda kv: self.sign * kv[1][0])
+            best = f", best {self.metric} {value:.4f} (trial {trial_id}, epoch {epoch})"
+        return (f"[{elapsed}{budget}] {running} running, {self.done} done "
+                f"({self.asha_stopped} stopped early){best}")
 
     def _line(self, trial: Any, what: str) -> None:
         self.done += 1
-        print(f"[{self.done:3d}/{self.total}] trial {trial.trial_id}: {what}", flush=True)
+        total = "" if self.total < 0 else f"/{self.total}"
+        print(f"[{self.done:3d}{total}] trial {trial.trial_id}: {what}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
@@ -93,13 +148,39 @@ class TrialPrinter(tune.Callback):
         if flag != "ok":
             self._line(trial, f"{flag} ({result.get('error', 'loss is not finite')})"[:200])
             return
-        early = f", stopped early by ASHA at {epochs}/{self.max_epochs}" \
-            if epochs < self.max_epochs else ""
-        best = self.best.get(trial.trial_id, float("nan"))
+        planned = int(result.get("planned_epochs", self.max_epochs))
+        early = ""
+        if epochs < planned and self.stop_at is not None and time.time() >= self.stop_at:
+            self.out_of_time.add(trial.trial_id)
+            early = f", stopped at the deadline at {epochs}/{planned}"
+        elif epochs < planned:
+            self.asha_stopped += 1
+            early = f", stopped early by ASHA at {epochs}/{planned}"
+        elif planned < self.max_epochs:
+            early = " (as many as its time share allowed)"
+        best = self.best.get(trial.trial_id, (float("nan"), 0))[0]
         self._line(trial, f"best {self.metric} {best:.4f}, {epochs} epochs{early}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._line(trial, "error (see results.parquet)")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(max(int(seconds), 0), 60)
+    return f"{minutes:3d}:{secs:02d}"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Absolute times (epoch seconds) of a run: when it started, when its budget ends
+    (``deadline``, None without a budget) and when its trials must stop (``stop_at``: the
+    deadline minus what the ensemble and the test scoring need); and the seconds each trial
+    may take (``trial_seconds``: the search's time over ``SearchSettings.generations``)."""
+
+    started: float
+    deadline: float | None = None
+    stop_at: float | None = None
+    trial_seconds: float | None = None  # each trial's share of the search's time
 
 
 @dataclass
@@ -112,6 +193,8 @@ class SearchRun:
     data: FerData
     results: Any  # ray.tune.ResultGrid
     wall_seconds: float
+    warm: WarmStart | None = None
+    out_of_time: set[str] = field(default_factory=set)  # trials the deadline cut short
 
 
 def init_ray(settings: SearchSettings) -> None:
@@ -147,13 +230,16 @@ def _max_concurrent(settings: SearchSettings) -> int:
 
 
 def build_trainable(settings: SearchSettings, space: SearchSpace, base: TrainConfig,
-                    data: FerData, fault: tuple[int, str] = (0, "once")) -> Any:
+                    data: FerData, fault: tuple[int, str] = (0, "once"),
+                    timing: Timing | None = None) -> Any:
     """The trainable with data in the object store and per-trial resources attached."""
     assert data.train.labels is not None and data.val.labels is not None
-    arrays = TrialData(data.train.images, data.train.labels, data.val.images, data.val.labels)
-    setup = TrialSetup(space=space, base=base, max_epochs=settings.max_epochs,
+    arrays = TrialData(data.train.images, data.train.labels, data.val.images, data.val.labels,
+                       pixel_stats(data.train.images))
+    setup = TrialSetup(space=space, base=base, max_epochs=settings.epochs_cap(),
                        cpus_per_trial=settings.cpus_per_trial, fail_at_epoch=fault[0],
-                       fail_mode=fault[1])
+                       fail_mode=fault[1], stop_at=timing.stop_at if timing else None,
+                       trial_seconds=timing.trial_seconds if timing else None)
     trainable = tune.with_parameters(fer_trainable, data=arrays, setup=setup)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial,
                                            "gpu": settings.gpus_per_trial})
@@ -163,37 +249,62 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_config(settings: SearchSettings) -> tune.RunConfig:
+def run_config(settings: SearchSettings, printer: SearchPrinter | None = None,
+               stop_at: float | None = None) -> tune.RunConfig:
+    """The search's RunConfig: storage, checkpoints, retries, the deadline, the printer."""
+    printer = printer or SearchPrinter(settings, time.time(), None, stop_at)
     return tune.RunConfig(
         name=settings.name,
         storage_path=settings.storage if storage.is_uri(settings.storage)
         else str(Path(experiment_location(settings)).parent),
+        # The best epoch's checkpoint; Ray also keeps the latest (for retries), and both are
+        # ensemble candidates.
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute=settings.metric,
             checkpoint_score_order=settings.mode),
+        stop=DeadlineStopper(stop_at),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         # Ray stages experiment state on the driver and syncs it to storage; a short period
         # keeps what a killed driver can lose (the last few seconds of state) small.
         sync_config=tune.SyncConfig(sync_period=5),
-        callbacks=[TrialPrinter(settings.num_samples, settings.max_epochs, settings.metric,
-                                settings.mode)],
+        callbacks=[printer],
         verbose=0,
     )
 
 
-def run_search(settings: SearchSettings, space: SearchSpace, data: FerData,
-               resume: bool = False, fault: tuple[int, str] = (0, "once")) -> SearchRun:
+def asha(settings: SearchSettings, timing: Timing) -> ASHAScheduler:
+    """ASHA on epochs; with a time budget, on seconds spent, so that trials are compared at
+    equal cost (a cheap net's fourth epoch against a wide net's second) and at the same point
+    of schedules that all end with their time share."""
+    if timing.trial_seconds:
+        # Whole seconds: ASHA's signature wants ints (its rung arithmetic takes any number).
+        return ASHAScheduler(time_attr="time_total_s", max_t=round(1.25 * timing.trial_seconds),
+                             grace_period=max(round(timing.trial_seconds / 4), 1),
+                             reduction_factor=settings.reduction_factor)
+    return ASHAScheduler(time_attr="epoch", max_t=settings.epochs_cap(),
+                         grace_period=settings.grace(),
+                         reduction_factor=settings.reduction_factor)
+
+
+def run_search(settings: SearchSettings, space: SearchSpace, data: FerData, timing: Timing,
+               warm: WarmStart | None = None, resume: bool = False,
+               fault: tuple[int, str] = (0, "once")) -> SearchRun:
     """Run (or resume) the search described by ``settings`` on ``data``.
 
+    timing: the run's start and deadlines (a resumed run passes the original ones).
+    warm: what the searcher starts from (default: the space's points).
     fault: (epoch, "once"|"always") fault injection for tests: each trial raises after that
     epoch, on its first attempt or on every attempt.
     """
     start = time.time()
     base = base_config(settings)
+    if warm is None and not resume:
+        warm = warm_start(settings, space, base)
     init_ray(settings)
     max_concurrent = _max_concurrent(settings)
-    trainable = build_trainable(settings, space, base, data, fault)
+    trainable = build_trainable(settings, space, base, data, fault, timing)
     path = experiment_location(settings)
+    printer = SearchPrinter(settings, timing.started, timing.deadline, timing.stop_at)
 
     if resume:
         if not tune.Tuner.can_restore(path):
@@ -201,22 +312,20 @@ def run_search(settings: SearchSettings, space: SearchSpace, data: FerData,
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
-        searcher = OptunaSearch(space=space.sample, metric=settings.metric,
-                                mode=settings.mode, seed=settings.seed)
-        deadline = start + 60 * settings.time_budget if settings.time_budget else None
+        assert warm is not None
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 metric=settings.metric, mode=settings.mode,
-                search_alg=BudgetedLimiter(searcher, max_concurrent, deadline),
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=settings.max_epochs,
-                                        grace_period=settings.grace_period,
-                                        reduction_factor=settings.reduction_factor),
-                num_samples=settings.num_samples,
+                search_alg=BudgetedLimiter(build_searcher(settings, space, warm),
+                                           max_concurrent, timing.stop_at),
+                scheduler=asha(settings, timing),
+                num_samples=settings.trial_limit(),
                 reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=run_config(settings),
+            run_config=run_config(settings, printer, timing.stop_at),
         )
     results = tuner.fit()
-    return SearchRun(settings, space, base, data, results, time.time() - start)
+    return SearchRun(settings, space, base, data, results, time.time() - start, warm,
+                     printer.out_of_time)

@@ -30,7 +30,7 @@ from fer_ray.space._params import (
 
 # fer_ray/space/_load.py -> <repo>/search_spaces (the package is one level below fer_ray/)
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
-TOP_LEVEL = ("description", "base", "params")
+TOP_LEVEL = ("description", "base", "params", "points")
 # Mirrors fer_ray.models.vgg_fer.MIN_BLOCKS/MAX_BLOCKS (a test checks): importing that module
 # imports torch, and loading a space must stay cheap.
 MIN_BLOCKS, MAX_BLOCKS = 2, 6
@@ -90,7 +90,33 @@ def _number(spec: dict[str, Any], option: str, where: str, integer: bool) -> Any
     return value
 
 
-def _parse_param(key: str, spec: Any) -> Param:
+def _parse_by(key: str, spec: dict[str, Any], earlier: tuple[Param, ...]) -> Param:
+    """A ``by`` entry: one distribution or constant per value of an earlier choice."""
+    where = f"params.{key}"
+    by = spec["by"]
+    parent = next((p for p in earlier if p.key == by), None)
+    if parent is None or parent.type not in ("choice", "const") or parent.per_block \
+            or by == NUM_BLOCKS:
+        raise ConfigError(f"{where}.by: {by!r} must name an earlier choice in params")
+    branches = []
+    for label, branch_spec in spec.items():
+        if label == "by":
+            continue
+        value = next((v for v in parent.values if str(v) == str(label)), None)
+        if value is None:
+            raise ConfigError(f"{where}.{label}: not a value of {by} "
+                              f"({', '.join(map(str, parent.values))})")
+        try:
+            branch = _parse_param(key, branch_spec, earlier)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(where, f"{where}.{label}", 1)) from None
+        if branch.per_block or branch.type == "by":
+            raise ConfigError(f"{where}.{label}: a branch is one distribution or a constant")
+        branches.append((value, branch))
+    return Param(key, "by", by=by, branches=tuple(branches))
+
+
+def _parse_param(key: str, spec: Any, earlier: tuple[Param, ...] = ()) -> Param:
     """One ``params`` entry, validated; messages start with ``params.<key>``."""
     where = f"params.{key}"
     section, _, name = key.partition(".")
@@ -102,6 +128,10 @@ def _parse_param(key: str, spec: Any) -> Param:
         raise ConfigError(f"{where}: unknown key (known {section} keys: {', '.join(known)})")
     if not isinstance(spec, dict):  # a bare value: a constant
         return Param(key, "const", values=(_coerce(key, spec, where, element=False),))
+    if "by" in spec:
+        if key in PER_BLOCK_FIELDS or key == NUM_BLOCKS:
+            raise ConfigError(f"{where}.by: not for per-block fields or num_blocks")
+        return _parse_by(key, spec, earlier)
     kind = spec.get("type")
     if kind not in REQUIRED:
         problem = "missing" if kind is None else f"{kind!r} is not a distribution type"
@@ -185,14 +215,35 @@ def space_from_dict(data: Any, name: str = "<dict>", source: str = "<dict>") -> 
         raise ConfigError(f"base: {exc}") from None
     if not isinstance(data.get("params"), dict):
         raise ConfigError("params: expected a mapping of section.field: distribution")
-    params = tuple(_parse_param(str(key), spec) for key, spec in data["params"].items())
+    params: tuple[Param, ...] = ()
+    for key, spec in data["params"].items():
+        params += (_parse_param(str(key), spec, params),)
     for p in params:
         section, field = p.key.split(".")
         if field in base.get(section, {}):
             raise ConfigError(f"params.{p.key}: also set in base (set it in one place)")
-    space = SearchSpace(name, source, description, base, params)
+    space = SearchSpace(name, source, description, base, params,
+                        _parse_points(data.get("points"), base))
     _check_blocks(space)
+    for i, config in enumerate(space.point_configs()):
+        problem = space.outside(config)
+        if problem is not None:
+            raise ConfigError(f"points[{i}]: {problem} is outside the space")
     return space
+
+
+def _parse_points(points: Any, base: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """``points``: a list of partial configs (nested like base), each a valid config."""
+    if points is None:
+        return ()
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError("points: expected a list of mappings nested like TrainConfig")
+    for i, point in enumerate(points):
+        try:
+            merge(merge(TrainConfig(), base), point)
+        except ConfigError as exc:
+            raise ConfigError(f"points[{i}]: {exc}") from None
+    return tuple(points)
 
 
 def _check_blocks(space: SearchSpace) -> None:

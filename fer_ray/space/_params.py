@@ -42,8 +42,11 @@ def _multiple(value: float, q: float) -> bool:
 class Param:
     """One ``params`` entry: a distribution over a config field, or a constant.
 
-    ``type`` is a distribution type or ``"const"`` (``values`` then holds the one value).
-    Values are stored type-coerced, so ``contains`` can compare them with a config's.
+    ``type`` is a distribution type, ``"const"`` (``values`` then holds the one value) or
+    ``"by"``: one distribution (or constant) per value of the earlier param ``by``, in
+    ``branches`` (e.g. a learning-rate range per optimizer); a value without a branch leaves
+    the field at its base value. Values are stored type-coerced, so ``contains`` can compare
+    them with a config's.
     """
 
     key: str
@@ -55,6 +58,15 @@ class Param:
     step: int = 1
     log: bool = False
     per_block: bool = False
+    by: str | None = None
+    branches: tuple[tuple[Any, Param], ...] = ()
+
+    def branch(self, by_value: Any) -> tuple[str, Param] | None:
+        """For a ``by`` param: (Optuna name, distribution) used when ``by`` is ``by_value``."""
+        for value, param in self.branches:
+            if value == by_value and type(value) is type(by_value):
+                return f"{self.key}[{value}]", param
+        return None
 
     def names(self, num_blocks: int | None) -> list[str]:
         """Optuna parameter names: one per existing block for per-block params."""
@@ -132,6 +144,23 @@ class SearchSpace:
     description: str
     base: dict[str, Any]
     params: tuple[Param, ...]
+    # Known-good configurations (nested overrides over base), evaluated before any draw.
+    points: tuple[dict[str, Any], ...] = ()
+
+    def point_configs(self, base: TrainConfig | None = None) -> list[TrainConfig]:
+        """The ``points`` as full configs over ``base`` (default: TrainConfig()) + space base."""
+        start = merge(base or TrainConfig(), self.base)
+        return [merge(start, point) for point in self.points]
+
+    def outside(self, config: TrainConfig) -> str | None:
+        """The first field of ``config`` the space cannot propose (None: ``contains``)."""
+        if self.contains(config):
+            return None
+        for p in self.params:
+            if p.key != NUM_BLOCKS and not _admits(p, _get(config, p.key),
+                                                   len(config.model.filters), config):
+                return p.key
+        return "model.num_blocks or a base value"
 
     def param(self, key: str) -> Param | None:
         """The ``params`` entry for ``key`` ("optim.lr"), if any."""
@@ -156,10 +185,19 @@ class SearchSpace:
         blocks = self.param(NUM_BLOCKS)
         return blocks if blocks is not None and blocks.type != "const" else None
 
+    def _names(self, p: Param, num_blocks: int | None, flat: dict[str, Any]
+               ) -> list[str]:
+        """The flat names ``p`` fills for these blocks and the values drawn before it."""
+        if p.type == "by":
+            chosen = p.branch(flat.get(p.by or ""))
+            return [chosen[0]] if chosen is not None else []
+        return p.names(num_blocks)
+
     def sample(self, trial: BaseTrial) -> dict[str, Any]:
         """Draw a configuration define-by-run; returns flat params, constants included.
 
-        The number of blocks is drawn first, so only existing blocks' params are suggested.
+        The number of blocks is drawn first, so only existing blocks' params are suggested;
+        a ``by`` param after the value it depends on.
         """
         flat: dict[str, Any] = {}
         num_blocks, varying = self.fixed_blocks(), self._varying_blocks()
@@ -168,8 +206,35 @@ class SearchSpace:
         for p in self.params:
             if p.type == "const":
                 flat[p.key] = p.values[0]
+            elif p.type == "by":
+                chosen = p.branch(flat[p.by or ""])
+                if chosen is not None:
+                    name, dist = chosen
+                    flat[name] = dist.values[0] if dist.type == "const" \
+                        else dist.suggest(trial, name)
             elif p is not varying:
                 flat.update((name, p.suggest(trial, name)) for name in p.names(num_blocks))
+        return flat
+
+    def params_of(self, config: TrainConfig) -> dict[str, Any]:
+        """The flat params that ``to_config`` turns back into ``config`` (which must lie in
+        the space: see ``contains``); how a known-good config is proposed to the searcher."""
+        num_blocks = len(config.model.filters)
+        flat: dict[str, Any] = {}
+        for p in self.params:
+            if p.key == NUM_BLOCKS:
+                flat[NUM_BLOCKS] = num_blocks if p.type != "const" else p.values[0]
+            elif p.type == "const":
+                flat[p.key] = p.values[0]
+            elif p.type == "by":
+                chosen = p.branch(_get(config, p.by or ""))
+                if chosen is not None:
+                    flat[chosen[0]] = _scalar(_get(config, p.key))
+            elif p.per_block:
+                flat.update(zip(p.names(num_blocks),
+                                _as_blocks(_get(config, p.key), num_blocks) or (), strict=True))
+            else:
+                flat[p.key] = _scalar(_get(config, p.key))
         return flat
 
     def overrides(self, flat: dict[str, Any], config: TrainConfig | None = None
@@ -187,10 +252,10 @@ class SearchSpace:
             num_blocks = flat.get(NUM_BLOCKS)
             if not varying.admits(num_blocks):
                 raise ConfigError(f"{NUM_BLOCKS}: {num_blocks!r} is outside space {self.name}")
-        expected = [n for p in self.params for n in p.names(num_blocks)]
+        expected = [n for p in self.params for n in self._names(p, num_blocks, flat)]
         wrong = [f"unknown parameter {n}" for n in flat if n not in expected] + [
             f"missing {n}" for p in self.params if p.type != "const"
-            for n in p.names(num_blocks) if n not in flat]
+            for n in self._names(p, num_blocks, flat) if n not in flat]
         if wrong:
             raise ConfigError(f"space {self.name}: {wrong[0]}")
         nested = copy.deepcopy(self.base)
@@ -200,6 +265,14 @@ class SearchSpace:
                 if p.key in flat and _as_tuple(flat[p.key]) != _as_tuple(value):
                     raise ConfigError(f"{p.key}: {flat[p.key]!r} differs from space "
                                       f"{self.name}'s constant {value!r}")
+            elif p.type == "by":
+                names = self._names(p, num_blocks, flat)
+                if not names:
+                    continue  # no branch for this value: the field keeps its base value
+                value = flat[names[0]]
+                dist = p.branch(flat[p.by or ""])[1]  # type: ignore[index]
+                if not _admits(dist, value, num_blocks or 1):
+                    raise ConfigError(f"{names[0]}: {value!r} is outside space {self.name}")
             else:
                 value = tuple(flat[n] for n in p.names(num_blocks)) if p.per_block \
                     else flat[p.key]
@@ -243,12 +316,23 @@ class SearchSpace:
                     return False
             if want != have:
                 return False
-        return all(_admits(p, _get(config, p.key), num_blocks)
+        return all(_admits(p, _get(config, p.key), num_blocks, config)
                    for p in self.params if p.key != NUM_BLOCKS)
 
 
-def _admits(p: Param, value: Any, num_blocks: int) -> bool:
+def _scalar(value: Any) -> Any:
+    """A drawn scalar's value in a config: dense_units (256,) was drawn as 256."""
+    return value[0] if isinstance(value, tuple) and len(value) == 1 else value
+
+
+def _admits(p: Param, value: Any, num_blocks: int, config: TrainConfig | None = None) -> bool:
     """Whether ``p`` can produce a config field's ``value`` (``contains`` for one field)."""
+    if p.type == "by":
+        chosen = p.branch(_get(config, p.by or "")) if config is not None else None
+        if chosen is None:  # no branch: the field must keep its base value
+            section, name = p.key.split(".")
+            return bool(value == getattr(getattr(TrainConfig(), section), name))
+        return _admits(chosen[1], value, num_blocks)
     if p.key in PER_BLOCK_FIELDS:
         values = _as_blocks(value, num_blocks)
         if values is None or p.type == "const":

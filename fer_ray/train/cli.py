@@ -14,6 +14,7 @@ from fer_ray._cli import run_main, versions
 from fer_ray.config import TrainConfig, load_config, merge
 from fer_ray.data import CLASS_NAMES, fingerprint, format_class_table, load_data
 from fer_ray.data.loaders import read_split
+from fer_ray.errors import ConfigError
 from fer_ray.models.io import save_model
 from fer_ray.train.loop import fit, resolve_device, score_splits
 from fer_ray.train.presets import PRESETS, get_preset
@@ -37,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-size", type=int, help="built-in data: images to generate")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="training arithmetic (default auto: bf16 where the hardware has it)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="plan the epochs (at most --epochs) so that the whole run ends within "
+                        "this many minutes; the schedule anneals by the planned end")
+    p.add_argument("--tta", action="store_true",
+                   help="score the test splits with flip test-time augmentation")
     p.add_argument("--out", help="output folder (default runs/train-<preset>-<time>)")
     return p
 
@@ -48,6 +56,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         config = load_config(args.config, base=config)
     flags: dict[str, Any] = {
         "epochs": args.epochs, "patience": args.patience, "seed": args.seed,
+        "precision": args.precision,
         "optim": {"batch_size": args.batch_size, "lr": args.lr},
         "data": {"path": args.data, "val_fraction": args.val_fraction,
                  "subsample": args.subsample, "synthetic_size": args.synthetic_size},
@@ -66,7 +75,9 @@ def drop_none(tree: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_main(args: argparse.Namespace) -> int:
+def train_main(args: argparse.Namespace, started: float) -> int:
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise ConfigError(f"--time-budget: {args.time_budget} minutes must be positive")
     config = resolve_config(args)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
@@ -76,22 +87,30 @@ def train_main(args: argparse.Namespace) -> int:
     print(f"data: {data.source} ({time.perf_counter() - t0:.1f} s to load)"
           + (f"; {data.converted} images converted to 48x48 grayscale" if data.converted else ""))
     print(format_class_table(data))
+    budget = f" at most, within {args.time_budget:g} min" if args.time_budget else ""
     print(f"device: {device}; model: {config.model.filters} filters, "
-          f"{config.epochs} epochs, batch {config.optim.batch_size}")
+          f"{config.epochs} epochs{budget}, batch {config.optim.batch_size}")
 
     def show(m: dict[str, float]) -> None:
-        print(f"epoch {int(m['epoch']):3d}  train_loss {m['train_loss']:.4f}  "
+        planned = f"/{int(m['planned_epochs'])}" if "planned_epochs" in m else ""
+        print(f"epoch {int(m['epoch']):3d}{planned}  train_loss {m['train_loss']:.4f}  "
               f"train_acc {m['train_acc']:.4f}  val_loss {m['val_loss']:.4f}  "
               f"val_acc {m['val_acc']:.4f}  val_f1 {m['val_macro_f1']:.4f}  "
               f"{m['images_per_s']:.0f} img/s  {m['epoch_seconds']:.1f} s", flush=True)
 
+    deadline = None
+    if args.time_budget is not None:
+        # Kept for scoring the test splits after training: a few percent of the budget.
+        deadline = started + 60 * args.time_budget * 0.97 - 10
     t_fit = time.perf_counter()
-    result = fit(config, data, device, on_epoch=show)
+    result = fit(config, data, device, on_epoch=show, deadline=deadline)
     train_seconds = time.perf_counter() - t_fit
-    tests = score_splits(result.model, data.tests, device)
+    config = result.extra.get("config", config)  # with a budget: the epochs it planned
+    tests = score_splits(result.model, data.tests, device, hflip_tta=args.tta)
 
     out = Path(args.out or f"runs/train-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    record = {"best": result.best, "tests": tests, "train_seconds": train_seconds,
+    record = {"best": result.best, "tests": tests, "test_tta": args.tta,
+              "train_seconds": train_seconds, "wall_seconds": time.time() - started,
               "data": {"source": data.source, "fingerprint": fingerprint(data),
                        "n_train": len(data.train), "n_val": len(data.val)},
               "versions": versions()}
@@ -103,13 +122,16 @@ def train_main(args: argparse.Namespace) -> int:
     print(f"best val_acc {result.best.get('val_acc', float('nan')):.4f} "
           f"(epoch {int(result.best.get('epoch', 0))}), val_macro_f1 "
           f"{result.best.get('val_macro_f1', float('nan')):.4f}, trained in {train_seconds:.1f} s")
+    tta = " with flip TTA" if args.tta else ""
     for name, s in tests.items():
-        print(f"test[{name}] acc {s['acc']:.4f}  macro_f1 {s['macro_f1']:.4f}  (n={int(s['n'])})")
+        print(f"test[{name}]{tta} acc {s['acc']:.4f}  macro_f1 {s['macro_f1']:.4f}  "
+              f"(n={int(s['n'])})")
     print(f"saved to {out}/ (model.safetensors, config.json, history.csv); classes: "
           f"{', '.join(CLASS_NAMES)}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()
     args = build_parser().parse_args(argv)
-    return run_main(lambda: train_main(args))
+    return run_main(lambda: train_main(args, started))

@@ -1,0 +1,139 @@
+"""The models an ensemble is chosen from: every usable trial's kept checkpoints.
+
+A trial keeps its best epoch's checkpoint and its latest one; both are candidates (the best
+first), so greedy selection can pick either. Each candidate brings its stored validation
+probabilities and, computed here in fp32, those with flip TTA. With a deadline, candidates
+are added best first while the time they cost still leaves room for scoring the test splits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fer_ray import storage
+from fer_ray.data import FerData, fingerprint
+from fer_ray.ensemble.model import Ensemble, Member
+from fer_ray.errors import DataError
+from fer_ray.models.io import load_model
+from fer_ray.search.results import USABLE
+from fer_ray.search.settings import (
+    SearchSettings,
+    load_search_data,
+    read_results,
+    read_search_json,
+    settings_from_record,
+)
+
+
+@dataclass
+class Candidates:
+    """Candidate checkpoints, best first, with their models and validation probabilities.
+
+    val_probas: (n_candidates, N_val, 7) without TTA; val_probas_tta: with TTA.
+    first_rung: per candidate, whether ASHA stopped its trial at the first rung (such
+    trials saw too few epochs to be averaged in uniformly).
+    """
+
+    rows: pd.DataFrame
+    members: list[Member]
+    data: FerData
+    val_probas: np.ndarray
+    val_probas_tta: np.ndarray
+    first_rung: np.ndarray
+    seconds_per_member_test: float = 0.0  # measured: fp32 test-split cost of one candidate
+
+
+def _checkpoint_list(rows: pd.DataFrame, metric: str, mode: str) -> list[dict[str, Any]]:
+    """Every kept checkpoint of the rows' trials: trials' best ones first, then the rest,
+    each group ordered by the metric."""
+    best: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = []
+    for _, row in rows.iterrows():
+        kept = json.loads(row["checkpoints_json"]) if "checkpoints_json" in row \
+            and isinstance(row["checkpoints_json"], str) else []
+        kept = kept or [{"path": row["best_checkpoint"], "epoch": int(row["best_epoch"]),
+                         metric: float(row[metric])}]
+        for i, ckpt in enumerate(kept):
+            entry = {**ckpt, "trial_id": str(row["trial_id"]), "row": row, "is_best": i == 0}
+            (best if i == 0 else rest).append(entry)
+    for group in (best, rest):
+        group.sort(key=lambda c: c[metric], reverse=mode == "max")
+    return best + rest
+
+
+def _usable_rows(experiment: str, settings: SearchSettings) -> pd.DataFrame:
+    df = read_results(experiment)
+    rows = df[df["status"].isin(USABLE) & (df["best_checkpoint"] != "")]
+    rows = rows.sort_values(settings.metric, ascending=settings.mode != "max", kind="stable")
+    if rows.empty:
+        raise DataError(f"{experiment}: no trial finished an epoch, so there is nothing to "
+                        "ensemble")
+    return rows.reset_index(drop=True)
+
+
+def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str | None = None,
+                    deadline: float | None = None, test_members: int = 8) -> Candidates:
+    """The experiment's candidate checkpoints (at most ``max_candidates``, best first).
+
+    deadline: epoch seconds by which the ensemble must be built: candidates stop being
+    added when one more would leave too little time to score ``test_members`` models on
+    the test splits (at least the best candidate is always loaded).
+    """
+    record = read_search_json(experiment)
+    settings = settings_from_record(record, experiment)
+    rows = _usable_rows(experiment, settings)
+    if extra_test:
+        settings = SearchSettings(**{**settings.to_dict(), "test": extra_test})
+    data = load_search_data(settings)
+    if fingerprint(data) != record.get("data", {}).get("fingerprint"):
+        raise DataError(f"{experiment}: the data no longer matches the experiment's fingerprint")
+    assert data.val.labels is not None
+    n_test = sum(len(s) for s in data.tests.values() if s.labels is not None)
+    members: list[Member] = []
+    probas: list[np.ndarray] = []
+    probas_tta: list[np.ndarray] = []
+    first_rung: list[bool] = []
+    chosen_rows: list[pd.Series] = []
+    per_member_test = 0.0
+    for ckpt in _checkpoint_list(rows, settings.metric, settings.mode)[:max_candidates]:
+        if deadline is not None and members and \
+                time.time() + per_member_test * (test_members + 1) >= deadline:
+            break
+        started = time.time()
+        member, stored = _load_candidate(ckpt, data)
+        single = Ensemble([member], np.ones(1), tta=True)
+        probas_tta.append(single.member_probas(data.val.images)[0])
+        # A test split costs what the TTA pass over validation cost, per image.
+        per_member_test = (time.time() - started) * n_test / max(len(data.val), 1)
+        members.append(member)
+        probas.append(stored)
+        row = ckpt["row"]
+        first_rung.append(row["status"] == "early_stopped"
+                          and int(row["epochs_run"]) <= settings.grace())
+        chosen_rows.append(row)
+    return Candidates(pd.DataFrame(chosen_rows).reset_index(drop=True), members, data,
+                      np.stack(probas), np.stack(probas_tta), np.array(first_rung, dtype=bool),
+                      per_member_test)
+
+
+def _load_candidate(ckpt: dict[str, Any], data: FerData) -> tuple[Member, np.ndarray]:
+    """A checkpoint's model as a Member, and its stored validation probabilities (N_val, 7)."""
+    folder = storage.fetch_dir(str(ckpt["path"]))
+    model, config = load_model(folder)
+    trial_id = ckpt["trial_id"]
+    name = trial_id if ckpt["is_best"] else f"{trial_id}-epoch{ckpt['epoch']}"
+    row = ckpt["row"]
+    member = Member(name, config, model,
+                    {"trial_id": trial_id, "val_acc": float(ckpt.get("val_acc", row["val_acc"])),
+                     "epoch": int(ckpt["epoch"]), "best_epoch": int(row["best_epoch"]),
+                     "checkpoint": str(folder)})
+    stored = np.load(folder / "val_probs.npy")
+    if not np.array_equal(np.load(folder / "val_labels.npy"), np.asarray(data.val.labels)):
+        raise DataError(f"{folder}: validation labels differ from the experiment's split")
+    return member, stored
