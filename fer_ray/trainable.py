@@ -15,6 +15,7 @@ learning-rate schedule anneals by the new end instead of being cut off at a high
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import tempfile
 import time
@@ -63,11 +64,11 @@ class TrialSetup:
     base: TrainConfig
     max_epochs: int
     cpus_per_trial: float
-    device: str = "auto"
+    gpus_per_trial: float = 0.0
     stop_at: float | None = None  # epoch seconds by which every trial must have stopped
     trial_seconds: float | None = None  # each trial's time share (budgeted searches)
     # Fault injection for tests: raise after this epoch (0 = off), on the first attempt only
-    # ("once") or on every attempt ("always").
+    # ("once"), on every attempt ("always"), or a CUDA out-of-memory error ("oom").
     fail_at_epoch: int = 0
     fail_mode: str = "once"
 
@@ -126,6 +127,16 @@ def _report_epoch(trainer: Trainer, params: dict[str, Any], metrics: dict[str, A
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def trial_device(gpus_per_trial: float) -> str:
+    """Where a trial trains: the GPU Ray assigned it when it asked for one, else the CPU.
+
+    Ray 2.60 no longer hides GPUs from actors that asked for none, so "auto" would put CPU
+    trials on a GPU that Ray counts as free. Ray sets CUDA_VISIBLE_DEVICES for actors that
+    asked for a GPU (or a fraction of one), so "cuda" is the assigned device.
+    """
+    return "cuda" if gpus_per_trial > 0 else "cpu"
+
+
 def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) -> None:
     """Ray Tune function trainable (wrap with ``tune.with_parameters(..., data=, setup=)``)."""
     started = time.time()
@@ -140,7 +151,29 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
     # Arrays from the object store are read-only views; the trainer copies them to its device.
     train = Split(data.train_images, data.train_labels, "train")
     val = Split(data.val_images, data.val_labels, "val")
-    trainer = Trainer(config, train, val, setup.device, data.normalization)
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(config, train, val, trial_device(setup.gpus_per_trial),
+                          data.normalization)
+        _train_trial(trainer, params, setup, started)
+    except torch.cuda.OutOfMemoryError as exc:
+        # A config that does not fit never will: report it once, no retry; the search goes on.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        _report_terminal("oom", trainer.epoch if trainer else 0,
+                         {"error": f"CUDA out of memory: {first}"[:300]})
+    finally:
+        # A reused actor trains the next trial next: free this one's model, optimizer and
+        # device-resident data now rather than whenever the garbage collector runs.
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _train_trial(trainer: Trainer, params: dict[str, Any], setup: TrialSetup,
+                 started: float) -> None:
+    """Resume if there is a checkpoint, then train and report epoch by epoch until the plan
+    (or the deadline, or a diverging loss) ends the trial."""
     _resume(trainer)
     resumed_from = trainer.epoch
     if setup.fail_mode == "always" and 0 < setup.fail_at_epoch <= resumed_from:
@@ -152,15 +185,20 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
     planner = DeadlinePlanner(trainer, deadline) if deadline is not None else None
     while trainer.epoch < trainer.config.epochs:
         metrics: dict[str, Any] = dict(trainer.run_epoch())
-        metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag="ok")
+        metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag="ok",
+                       train_end=time.time() - metrics["eval_seconds"],
+                       device=str(trainer.device.type),
+                       cuda_initialized=torch.cuda.is_initialized())
         if not math.isfinite(metrics["train_loss"]):
             # A NaN/inf loss never recovers: stop now, without a checkpoint of broken weights.
             _report_terminal("diverged", trainer.epoch, {"train_loss": metrics["train_loss"]})
             return
         if planner is not None:
             planner.after_epoch()
-        metrics.update(planned_epochs=trainer.config.epochs, seed=config.seed)
+        metrics.update(planned_epochs=trainer.config.epochs, seed=trainer.config.seed)
         _report_epoch(trainer, params, metrics)
-        if trainer.epoch == setup.fail_at_epoch and (resumed_from == 0
-                                                     or setup.fail_mode == "always"):
-            raise RuntimeError(f"injected failure after epoch {trainer.epoch}")
+        if trainer.epoch == setup.fail_at_epoch:
+            if setup.fail_mode == "oom":
+                raise torch.cuda.OutOfMemoryError("injected: tried to allocate 80.00 GiB")
+            if resumed_from == 0 or setup.fail_mode == "always":
+                raise RuntimeError(f"injected failure after epoch {trainer.epoch}")

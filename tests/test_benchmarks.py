@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
-BENCHES = ["bench_overhead.py", "bench_augment.py", "bench_asha.py", "bench_gpu.py"]
+BENCHES = ["bench_overhead.py", "bench_augment.py", "bench_asha.py", "bench_gpu.py",
+           "bench_quality.py", "bench_checkpoint.py"]
 
 
 def run_script(name: str, *args: str, timeout: float = 150) -> str:
@@ -89,3 +90,20 @@ def test_forward_flops_matches_seed_hw3() -> None:
 
     flops = forward_flops(build_model(MODEL_PRESETS["seed_hw3"]))
     assert 6.5e9 < flops < 6.7e9
+
+
+@pytest.mark.slow
+def test_bench_quality_quick(tmp_path: Path) -> None:
+    """Baseline and search, one minute each on synthetic faces: the side-by-side table."""
+    out = run_script("bench_quality.py", "--quick", "--storage", str(tmp_path), timeout=400)
+    for row in ("baseline (hand-written recipe, flip TTA)", "search: best single model",
+                "search: ensemble", "baseline wall / budget:", "search wall / budget:"):
+        assert row in out, out[-2000:]
+    walls = [float(line.split()[-1]) for line in out.splitlines() if "wall / budget" in line]
+    assert all(w <= 1.1 for w in walls), walls
+
+
+def test_bench_checkpoint_quick() -> None:
+    out = run_script("bench_checkpoint.py", "--quick")
+    ratio = next(line for line in out.splitlines() if line.startswith("ratio after/before"))
+    assert float(ratio.split(":")[1].split()[0]) < 0.8  # the weights are no longer written twice

@@ -83,9 +83,18 @@ def test_crashed_trials_retry_from_their_checkpoint(ray_local: Any, tmp_path: Pa
 def test_time_budget_stops_launching_trials(ray_local: Any, tmp_path: Path) -> None:
     from fer_ray.search.experiment import run_experiment
 
-    record = run_experiment(_settings(tmp_path, num_samples=50, time_budget=0.1))
+    record = run_experiment(_settings(tmp_path, num_samples=50, time_budget=0.4))
     assert 1 <= sum(record["trials"].values()) < 50
     assert (tmp_path / "exp" / "results.parquet").is_file()
+
+
+def test_a_budget_too_short_for_any_trial_is_one_clear_error(ray_local: Any,
+                                                              tmp_path: Path) -> None:
+    from fer_ray.errors import DataError
+    from fer_ray.search.experiment import run_experiment
+
+    with pytest.raises(DataError, match=r"no trial started within --time-budget 0.01 min"):
+        run_experiment(_settings(tmp_path, time_budget=0.01))
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:

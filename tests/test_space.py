@@ -337,6 +337,28 @@ def test_by_params_draw_one_distribution_per_value(tmp_path: Path) -> None:
         space.to_config({"optim.optimizer": "sgd", "optim.lr[sgd]": 0.5}, TrainConfig())
 
 
+def test_grown_filters_double_from_block_to_block(tmp_path: Path) -> None:
+    path = tmp_path / "grow.yaml"
+    path.write_text("params:\n  model.num_blocks: {type: int, low: 2, high: 4}\n"
+                    "  model.filters: {type: choice, values: [16, 24], grow: 2}\n")
+    space = load_space(str(path))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        flat = space.sample(study.ask())
+        config = space.to_config(flat, TrainConfig())
+        first, n = flat["model.filters"], flat["model.num_blocks"]
+        assert config.model.filters == tuple(first * 2**i for i in range(n))
+        assert space.contains(config) and space.params_of(config) == flat
+        seen.add(config.model.filters)
+    assert len(seen) >= 4
+    odd = merge(TrainConfig(), {"model": {"filters": [16, 48, 64]}})
+    assert space.outside(odd) == "model.filters"
+    path.write_text("params:\n  model.filters: {type: choice, values: [16], grow: 9}\n")
+    with pytest.raises(ConfigError, match=r"params.model.filters.grow: a number in \[1, 4\]"):
+        load_space(str(path))
+
+
 def test_points_lie_in_their_spaces_and_round_trip() -> None:
     for name in ("small", "paper"):
         space = load_space(name)

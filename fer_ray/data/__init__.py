@@ -3,6 +3,7 @@
 from fer_ray.data._types import CLASS_NAMES, NUM_CLASSES, RawDataset, Split
 from fer_ray.data.splits import (
     FerData,
+    add_test_split,
     class_distribution,
     fingerprint,
     format_class_table,
@@ -17,6 +18,7 @@ __all__ = [
     "FerData",
     "RawDataset",
     "Split",
+    "add_test_split",
     "class_distribution",
     "fingerprint",
     "format_class_table",

@@ -96,6 +96,16 @@ def load_data(config: DataConfig, seed: int) -> FerData:
     return prepare(raw, config, seed)
 
 
+def add_test_split(data: FerData, path: str, name: str = "test") -> None:
+    """Read ``path`` as an extra test split of ``data``, unless ``data`` already holds the same
+    images (``--data folder --test folder/public_test.npz``: one split, scored once)."""
+    from fer_ray.data.loaders import read_split
+
+    split = read_split(path, name)
+    if not any(np.array_equal(split.images, t.images) for t in data.tests.values()):
+        data.tests[name] = split
+
+
 def class_distribution(data: FerData) -> pd.DataFrame:
     """Counts and ratios per class and split: rows = class names, columns '<split> n/%'."""
     splits: dict[str, Split] = {"train": data.train, "val": data.val, **data.tests}

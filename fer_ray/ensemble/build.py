@@ -86,15 +86,18 @@ def _combine(probas: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def build_ensemble(experiment: str | os.PathLike[str], top_k: int = 5, method: Method = "greedy",
                    tta: bool | None = None, target_coverage: float = 0.9,
                    seed: int = 0, max_candidates: int = 20,
-                   extra_test: str | None = None, deadline: float | None = None) -> BuildResult:
+                   extra_test: str | None = None, deadline: float | None = None,
+                   device: str = "auto") -> BuildResult:
     """Choose, calibrate and package an ensemble; score every variant on the test splits.
 
     tta: None chooses on validation (accuracy) whether flip TTA helps.
     deadline: epoch seconds by which to be done (a search's time budget): fewer candidates
     are loaded, and only the chosen ensemble is scored on the tests when time is short.
+    device: where the candidates run (auto: a GPU when there is one); always fp32.
     """
     experiment = str(experiment)
-    cands = load_candidates(experiment, max(max_candidates, top_k), extra_test, deadline)
+    cands = load_candidates(experiment, max(max_candidates, top_k), extra_test, deadline,
+                            device=device)
     labels = cands.data.val.labels
     assert labels is not None
     weights = variant_weights(cands, top_k, seed)

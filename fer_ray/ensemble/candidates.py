@@ -29,6 +29,7 @@ from fer_ray.search.settings import (
     read_search_json,
     settings_from_record,
 )
+from fer_ray.train.loop import resolve_device
 
 
 @dataclass
@@ -78,8 +79,10 @@ def _usable_rows(experiment: str, settings: SearchSettings) -> pd.DataFrame:
 
 
 def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str | None = None,
-                    deadline: float | None = None, test_members: int = 8) -> Candidates:
-    """The experiment's candidate checkpoints (at most ``max_candidates``, best first).
+                    deadline: float | None = None, test_members: int = 8,
+                    device: str = "auto") -> Candidates:
+    """The experiment's candidate checkpoints (at most ``max_candidates``, best first), their
+    models on ``device`` (auto: a GPU when there is one).
 
     deadline: epoch seconds by which the ensemble must be built: candidates stop being
     added when one more would leave too little time to score ``test_members`` models on
@@ -95,6 +98,7 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
         raise DataError(f"{experiment}: the data no longer matches the experiment's fingerprint")
     assert data.val.labels is not None
     n_test = sum(len(s) for s in data.tests.values() if s.labels is not None)
+    target = resolve_device(device)
     members: list[Member] = []
     probas: list[np.ndarray] = []
     probas_tta: list[np.ndarray] = []
@@ -107,6 +111,7 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
             break
         started = time.time()
         member, stored = _load_candidate(ckpt, data)
+        member.model.to(target)
         single = Ensemble([member], np.ones(1), tta=True)
         probas_tta.append(single.member_probas(data.val.images)[0])
         # A test split costs what the TTA pass over validation cost, per image.

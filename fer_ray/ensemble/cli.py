@@ -45,14 +45,15 @@ def format_result(result: BuildResult, top_k: int) -> str:
 
 
 def build_and_save(experiment: str | Path, out: str | Path | None, top_k: int, method: str,
-                   tta: bool | None, test: str | None = None, deadline: float | None = None
-                   ) -> BuildResult:
+                   tta: bool | None, test: str | None = None, deadline: float | None = None,
+                   device: str = "auto") -> BuildResult:
     """Build, save (next to the experiment by default, uploading to a URI) and print.
 
-    deadline: epoch seconds by which to be done (see ``build_ensemble``).
+    deadline: epoch seconds by which to be done; device: where the candidates run (see
+    ``build_ensemble``).
     """
     result = build_ensemble(experiment, top_k=top_k, method=method,  # type: ignore[arg-type]
-                            tta=tta, extra_test=test, deadline=deadline)
+                            tta=tta, extra_test=test, deadline=deadline, device=device)
     target = str(out or storage.join(experiment, "ensemble"))
     if storage.is_uri(target):
         local = result.ensemble.save(storage.CACHE / "ensembles" / Path(target).name)
@@ -76,10 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (default: chosen on validation)")
     p.add_argument("--test", help="an extra labelled test set, scored after all choices")
+    p.add_argument("--device", default="auto",
+                   help="where the candidates run: auto (a GPU if there is one), cpu, cuda:1")
     args = p.parse_args(argv)
 
     def body() -> int:
-        build_and_save(args.experiment, args.out, args.top_k, args.method, args.tta, args.test)
+        build_and_save(args.experiment, args.out, args.top_k, args.method, args.tta, args.test,
+                       device=args.device)
         return 0
 
     return run_main(body)

@@ -30,7 +30,7 @@ from fer_ray.ensemble.voting import SoftVotingEnsemble
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.models.io import load_weights, save_weights
 from fer_ray.models.vgg_fer import VGGFer, build_model
-from fer_ray.train.loop import EVAL_BATCH, predict_logits
+from fer_ray.train.loop import EVAL_BATCH, predict_probas
 
 ENSEMBLE_JSON = "ensemble.json"
 FORMAT_VERSION = 1
@@ -70,12 +70,7 @@ class Ensemble:
 
     def member_probas(self, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
         """(n_members, N, 7) float32 softmax of each member for (N, 48, 48) uint8 images."""
-        out = []
-        for member in self.members:
-            logits = predict_logits(member.model, images, batch_size=batch_size,
-                                    hflip_tta=self.tta)
-            out.append(torch.softmax(logits, dim=1).cpu().numpy())
-        return np.stack(out).astype(np.float32)
+        return predict_probas([m.model for m in self.members], images, self.tta, batch_size)
 
     def combine(self, probas: np.ndarray) -> np.ndarray:
         """Member probabilities (n_members, N, 7) -> calibrated ensemble probabilities (N, 7)."""

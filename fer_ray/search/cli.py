@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-every", type=float, default=d.progress_every, metavar="SECONDS",
                    help="a status line this often during the search")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard")
+    p.add_argument("--device", default=d.device,
+                   help="where the work after the search runs (scoring the best model, the "
+                        "ensemble's candidates and TTA): auto, cpu, cuda, cuda:1")
     return p
 
 
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         # inside what is left of the budget.
         settings = SearchSettings(**record["settings"])
         build_and_save(experiment_location(settings), None, settings.top_k, "greedy", None,
-                       deadline=record.get("timing", {}).get("deadline"))
+                       deadline=record.get("timing", {}).get("deadline"),
+                       device=settings.device)
         total = time.time() - started
         budget = f" (budget {settings.time_budget:g} min)" if settings.time_budget else ""
         print(f"whole run: {total / 60:.1f} min{budget}")

@@ -39,7 +39,7 @@ from fer_ray.search.settings import (
 )
 from fer_ray.search.tuner import SearchRun, Timing, run_search
 from fer_ray.space import load_space
-from fer_ray.train.loop import score_splits
+from fer_ray.train.loop import resolve_device, score_splits
 
 
 def resolve_settings(settings: SearchSettings, resume: bool) -> SearchSettings:
@@ -85,7 +85,8 @@ def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
     if usable.empty or not run.data.tests:
         return {}
     model, _ = load_model(storage.fetch_dir(usable.iloc[0]["best_checkpoint"]))
-    return score_splits(model, run.data.tests)
+    device = resolve_device(run.settings.device)
+    return score_splits(model.to(device), run.data.tests, device)
 
 
 def run_experiment(settings: SearchSettings, resume: bool = False,
@@ -102,8 +103,9 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
     storage.check_writable(path)
     record: dict[str, Any] = read_search_json(path) if resume else {}
     timing = run_timing(settings, record, started)
-    # An unusable --warm-start fails here, before anything is written or Ray starts.
+    # An unusable --warm-start or --device fails here, before anything is written or Ray starts.
     warm = None if resume else warm_start(settings, space, base_config(settings))
+    resolve_device(settings.device)
 
     limit = settings.trial_limit()
     trials = "trials until the deadline" if limit < 0 else f"{limit} trials"
@@ -136,6 +138,10 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
     out_of_time = set(record.get("out_of_time", [])) | run.out_of_time
     df = trial_rows(run.results, run.space, run.base, settings.metric, settings.mode,
                     settings.epochs_cap(), scheme, out_of_time)
+    if df.empty:
+        within = f" within --time-budget {settings.time_budget:g} min (starting Ray and " \
+            "loading the data took it; give it more time)" if settings.time_budget else ""
+        raise DataError(f"{path}: no trial started{within}")
     write_parquet(df, storage.join(path, RESULTS_PARQUET))
     tests = evaluate_best(df, run)
     record.update({

@@ -23,8 +23,10 @@ from fer_ray.search.settings import SearchSettings, read_results
 from fer_ray.space import SearchSpace
 
 STUDY_NAME = "fer-ray"
-# TPE's random start-up trials: Optuna's default of 10 is most of a short budgeted search.
-TPE_STARTUP_TRIALS = 5
+# Finished trials before TPE models the space (Optuna's default: 10 random ones). A budgeted
+# search on a CPU runs a handful of trials, and random draws from a wide space are mostly
+# poor: after the points, TPE already proposes around the best of them.
+TPE_STARTUP_TRIALS = 2
 EARLIER_BEST_POINTS = 2  # an earlier experiment's best configs re-run first
 
 

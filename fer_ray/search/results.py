@@ -20,8 +20,8 @@ from fer_ray.config import TrainConfig, to_dict
 from fer_ray.space import SearchSpace
 
 # Statuses in results.parquet: completed (ran its planned epochs), early_stopped (by ASHA),
-# out_of_time (cut by the deadline), diverged, invalid, error. Only the first three may
-# enter an ensemble.
+# out_of_time (cut by the deadline), diverged, invalid, oom (CUDA out of memory), error.
+# Only the first three may enter an ensemble.
 USABLE = ("completed", "early_stopped", "out_of_time")
 
 
@@ -53,7 +53,7 @@ def _status(result: Any, history: pd.DataFrame, max_epochs: int, out_of_time: bo
     if result.error is not None:
         return "error"
     flags = set(history.get("status_flag", pd.Series(dtype=str)).dropna())
-    for flag in ("invalid", "diverged"):
+    for flag in ("invalid", "diverged", "oom"):
         if flag in flags:
             return flag
     ok = history[history.get("status_flag", "ok") == "ok"] if len(history) else history

@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fer_ray import storage
 from fer_ray.config import TrainConfig, from_dict, merge
-from fer_ray.data import FerData, load_data
-from fer_ray.data.loaders import read_split
+from fer_ray.data import FerData, add_test_split, load_data
 from fer_ray.errors import ConfigError, DataError
 
 SEARCH_JSON = "search.json"
@@ -62,6 +60,7 @@ class SearchSettings:
     mode: str = "max"
     max_failures: int = 2
     dashboard: bool = False
+    device: str = "auto"  # the driver's work after the search: scoring, the ensemble
 
     def trial_limit(self) -> int:
         """Trials to run, for Ray Tune: -1 = keep proposing until the deadline."""
@@ -159,8 +158,5 @@ def load_search_data(settings: SearchSettings) -> FerData:
     """The data of a search: --data (or built-in faces) split into train/val, plus --test."""
     data = load_data(base_config(settings).data, seed=settings.seed)
     if settings.test:
-        test = read_split(settings.test, "test")
-        # --test repeating a split that --data already holds (e.g. public_test.npz) is shown once.
-        if not any(np.array_equal(test.images, t.images) for t in data.tests.values()):
-            data.tests["test"] = test
+        add_test_split(data, settings.test)
     return data

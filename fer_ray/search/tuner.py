@@ -237,7 +237,8 @@ def build_trainable(settings: SearchSettings, space: SearchSpace, base: TrainCon
     arrays = TrialData(data.train.images, data.train.labels, data.val.images, data.val.labels,
                        pixel_stats(data.train.images))
     setup = TrialSetup(space=space, base=base, max_epochs=settings.epochs_cap(),
-                       cpus_per_trial=settings.cpus_per_trial, fail_at_epoch=fault[0],
+                       cpus_per_trial=settings.cpus_per_trial,
+                       gpus_per_trial=settings.gpus_per_trial, fail_at_epoch=fault[0],
                        fail_mode=fault[1], stop_at=timing.stop_at if timing else None,
                        trial_seconds=timing.trial_seconds if timing else None)
     trainable = tune.with_parameters(fer_trainable, data=arrays, setup=setup)

@@ -136,7 +136,8 @@ def _parse_param(key: str, spec: Any, earlier: tuple[Param, ...] = ()) -> Param:
     if kind not in REQUIRED:
         problem = "missing" if kind is None else f"{kind!r} is not a distribution type"
         raise ConfigError(f"{where}.type: {problem} (known: {', '.join(REQUIRED)})")
-    options = (*REQUIRED[kind], *OPTIONAL.get(kind, ()), "per_block")
+    options = (*REQUIRED[kind], *OPTIONAL.get(kind, ()), "per_block",
+               *(["grow"] if key == "model.filters" else []))
     for option in spec:
         if option not in (*options, "type"):
             raise ConfigError(f"{where}.{option}: not an option of {kind} "
@@ -151,6 +152,11 @@ def _parse_param(key: str, spec: Any, earlier: tuple[Param, ...] = ()) -> Param:
     if per_block and key not in PER_BLOCK_FIELDS:
         raise ConfigError(f"{where}.per_block: only for fields with one value per block "
                           f"({', '.join(PER_BLOCK_FIELDS)})")
+    grow = spec.get("grow")
+    if grow is not None and (isinstance(grow, bool) or not isinstance(grow, (int, float))
+                             or not 1 <= grow <= 4 or per_block):
+        raise ConfigError(f"{where}.grow: a number in [1, 4] (the factor from one block's "
+                          f"filters to the next's), without per_block; got {grow!r}")
     if key == NUM_BLOCKS and kind not in ("int", "randint", "choice"):
         raise ConfigError(f"{where}.type: num_blocks takes int, randint, choice or a constant")
     if kind == "choice":
@@ -160,7 +166,7 @@ def _parse_param(key: str, spec: Any, earlier: tuple[Param, ...] = ()) -> Param:
         for i, v in enumerate(values):  # Optuna's categorical choices must be scalars
             if v is not None and not isinstance(v, (bool, int, float, str)):
                 raise ConfigError(f"{where}.values[{i}]: expected a scalar, got {v!r}")
-        return Param(key, kind, per_block=per_block, values=tuple(
+        return Param(key, kind, per_block=per_block, grow=grow, values=tuple(
             _coerce(key, v, f"{where}.values[{i}]", element=True) for i, v in enumerate(values)))
 
     integer = kind in ("int", "randint")
@@ -191,7 +197,8 @@ def _parse_param(key: str, spec: Any, earlier: tuple[Param, ...] = ()) -> Param:
         if not (_multiple(low, q) and _multiple(high, q)):
             raise ConfigError(f"{where}.q: low ({low}) and high ({high}) must be multiples "
                               f"of q ({q})")
-    return Param(key, kind, low=low, high=high, q=q, step=step, log=log, per_block=per_block)
+    return Param(key, kind, low=low, high=high, q=q, step=step, log=log, per_block=per_block,
+                 grow=grow)
 
 
 def space_from_dict(data: Any, name: str = "<dict>", source: str = "<dict>") -> SearchSpace:

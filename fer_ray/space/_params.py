@@ -58,6 +58,7 @@ class Param:
     step: int = 1
     log: bool = False
     per_block: bool = False
+    grow: float | None = None  # model.filters only: later blocks multiply the first by this
     by: str | None = None
     branches: tuple[tuple[Any, Param], ...] = ()
 
@@ -233,6 +234,8 @@ class SearchSpace:
             elif p.per_block:
                 flat.update(zip(p.names(num_blocks),
                                 _as_blocks(_get(config, p.key), num_blocks) or (), strict=True))
+            elif p.grow is not None:
+                flat[p.key] = config.model.filters[0]
             else:
                 flat[p.key] = _scalar(_get(config, p.key))
         return flat
@@ -276,6 +279,8 @@ class SearchSpace:
             else:
                 value = tuple(flat[n] for n in p.names(num_blocks)) if p.per_block \
                     else flat[p.key]
+                if p.grow is not None:  # one draw: the first block's filters
+                    value = _grown(flat[p.key], p.grow, num_blocks or len(config.model.filters))
             if p.key != NUM_BLOCKS:
                 section, name = p.key.split(".")
                 nested.setdefault(section, {})[name] = value
@@ -320,6 +325,11 @@ class SearchSpace:
                    for p in self.params if p.key != NUM_BLOCKS)
 
 
+def _grown(first: int, grow: float, num_blocks: int) -> tuple[int, ...]:
+    """Filters per block from the first block's: (32, 64, 128) for 32, grow 2, 3 blocks."""
+    return tuple(round(first * grow**i) for i in range(num_blocks))
+
+
 def _scalar(value: Any) -> Any:
     """A drawn scalar's value in a config: dense_units (256,) was drawn as 256."""
     return value[0] if isinstance(value, tuple) and len(value) == 1 else value
@@ -333,6 +343,10 @@ def _admits(p: Param, value: Any, num_blocks: int, config: TrainConfig | None = 
             section, name = p.key.split(".")
             return bool(value == getattr(getattr(TrainConfig(), section), name))
         return _admits(chosen[1], value, num_blocks)
+    if p.grow is not None:
+        values = _as_blocks(value, num_blocks)
+        return values is not None and p.admits(values[0]) \
+            and values == _grown(values[0], p.grow, num_blocks)
     if p.key in PER_BLOCK_FIELDS:
         values = _as_blocks(value, num_blocks)
         if values is None or p.type == "const":

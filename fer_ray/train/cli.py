@@ -12,8 +12,13 @@ import pandas as pd
 
 from fer_ray._cli import run_main, versions
 from fer_ray.config import TrainConfig, load_config, merge
-from fer_ray.data import CLASS_NAMES, fingerprint, format_class_table, load_data
-from fer_ray.data.loaders import read_split
+from fer_ray.data import (
+    CLASS_NAMES,
+    add_test_split,
+    fingerprint,
+    format_class_table,
+    load_data,
+)
 from fer_ray.errors import ConfigError
 from fer_ray.models.io import save_model
 from fer_ray.train.loop import fit, resolve_device, score_splits
@@ -83,7 +88,7 @@ def train_main(args: argparse.Namespace, started: float) -> int:
     t0 = time.perf_counter()
     data = load_data(config.data, seed=config.seed)
     if args.test:
-        data.tests["test"] = read_split(args.test, "test")
+        add_test_split(data, args.test)
     print(f"data: {data.source} ({time.perf_counter() - t0:.1f} s to load)"
           + (f"; {data.converted} images converted to 48x48 grayscale" if data.converted else ""))
     print(format_class_table(data))
