@@ -124,6 +124,7 @@ def build_ensemble(experiment: str | os.PathLike[str], top_k: int = 5, method: M
     final = {"variant": chosen + (" + TTA" if tta else ""), "validation":
              decision_report(val_probs, calibrated, labels, ensemble)}
     ensemble.info = {"experiment": str(experiment), "variant": final["variant"],
+                     "candidates": len(cands.members),
                      "top_k": top_k, "method": method, "target_coverage": target_coverage,
                      "data_fingerprint": fingerprint(cands.data), "validation": validation,
                      "final_validation": final["validation"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from fer_ray import storage
@@ -52,6 +53,7 @@ def build_and_save(experiment: str | Path, out: str | Path | None, top_k: int, m
     deadline: epoch seconds by which to be done; device: where the candidates run (see
     ``build_ensemble``).
     """
+    started = time.time()
     result = build_ensemble(experiment, top_k=top_k, method=method,  # type: ignore[arg-type]
                             tta=tta, extra_test=test, deadline=deadline, device=device)
     target = str(out or storage.join(experiment, "ensemble"))
@@ -61,6 +63,8 @@ def build_and_save(experiment: str | Path, out: str | Path | None, top_k: int, m
     else:
         result.ensemble.save(target)
     print(format_result(result, top_k))
+    print(f"built from {result.ensemble.info.get('candidates', '?')} candidate checkpoints in "
+          f"{time.time() - started:.0f} s")
     print(f"ensemble saved to {target}/ (ensemble.json + members/*.safetensors); use it with "
           f"python -m fer_ray.predict --ensemble {target} IMAGES...")
     return result

@@ -31,7 +31,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from fer_ray.search.proposals import WarmStart, build_searcher, warm_start
@@ -273,15 +273,36 @@ def run_config(settings: SearchSettings, printer: SearchPrinter | None = None,
     )
 
 
-def asha(settings: SearchSettings, timing: Timing) -> ASHAScheduler:
-    """ASHA on epochs; with a time budget, on seconds spent, so that trials are compared at
-    equal cost (a cheap net's fourth epoch against a wide net's second) and at the same point
-    of schedules that all end with their time share."""
+# Trials of a budgeted search (slots x generations) below which early stopping is off.
+MIN_ASHA_POPULATION = 8
+
+
+def scheduler(settings: SearchSettings, timing: Timing, slots: int) -> TrialScheduler:
+    """ASHA on epochs; with a time budget, ASHA on seconds spent, so that trials are compared
+    at equal cost (a cheap net's fourth epoch against a wide net's second) and at the same
+    point of schedules that all end with their time share.
+
+    A budget that runs fewer than MIN_ASHA_POPULATION full trials (2 CPU slots for 45
+    minutes: 4) gets no early stopping: its rungs hold only the first trials (the space's
+    points, hand-picked recipes), every proposal after them was stopped against those on
+    2 cores, and the ensemble lost its members (measured in BENCHMARKS.md).
+    """
+    share = f"each trial up to {timing.trial_seconds / 60:.1f} min and " \
+        if timing.trial_seconds else ""
+    print(f"{slots} trial(s) at a time, {share}{settings.epochs_cap()} epochs; ", end="")
+    if timing.trial_seconds and slots * settings.generations() < MIN_ASHA_POPULATION:
+        print(f"no early stopping (fewer than {MIN_ASHA_POPULATION} trials fit the budget)",
+              flush=True)
+        return FIFOScheduler()
     if timing.trial_seconds:
+        print(f"ASHA on time: rungs from {timing.trial_seconds / 240:.1f} min, reduction "
+              f"{settings.reduction_factor}", flush=True)
         # Whole seconds: ASHA's signature wants ints (its rung arithmetic takes any number).
         return ASHAScheduler(time_attr="time_total_s", max_t=round(1.25 * timing.trial_seconds),
                              grace_period=max(round(timing.trial_seconds / 4), 1),
                              reduction_factor=settings.reduction_factor)
+    print(f"ASHA on epochs: grace {settings.grace()}, reduction {settings.reduction_factor}",
+          flush=True)
     return ASHAScheduler(time_attr="epoch", max_t=settings.epochs_cap(),
                          grace_period=settings.grace(),
                          reduction_factor=settings.reduction_factor)
@@ -320,7 +341,7 @@ def run_search(settings: SearchSettings, space: SearchSpace, data: FerData, timi
                 metric=settings.metric, mode=settings.mode,
                 search_alg=BudgetedLimiter(build_searcher(settings, space, warm),
                                            max_concurrent, timing.stop_at),
-                scheduler=asha(settings, timing),
+                scheduler=scheduler(settings, timing, max_concurrent),
                 num_samples=settings.trial_limit(),
                 reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,
