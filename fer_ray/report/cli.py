@@ -8,7 +8,6 @@ ensemble folder, data no longer at its path) are replaced by a note, not an erro
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,13 +18,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fer_ray._cli import run_main
+from fer_ray import storage
+from fer_ray._cli import ArgumentParser, run_main
 from fer_ray.data import FerData, Split, fingerprint
 from fer_ray.data.loaders import read_split
 from fer_ray.ensemble.calibration import temperature_scale
 from fer_ray.ensemble.model import ENSEMBLE_JSON, Ensemble
 from fer_ray.errors import ConfigError, DataError, FerRayError
 from fer_ray.models.io import load_model
+from fer_ray.paths import check_output_dir, require_file, require_file_or_folder
 from fer_ray.search.results import USABLE
 from fer_ray.search.settings import (
     RESULTS_PARQUET,
@@ -38,6 +39,7 @@ from fer_ray.space import load_space
 from fer_ray.train.loop import predict_logits
 
 MAX_CANDIDATES = 20  # as many trials as an ensemble build considers
+REPORT_FILES = ("*.png", "report.md", "report.html")  # what --out may already hold
 
 
 @dataclass
@@ -238,21 +240,38 @@ def load_inputs(experiment: Path, extra_test: str | None = None) -> Inputs:
     return inputs
 
 
+def check_report_args(experiment: Path, out: Path, test: str | None,
+                      ablation: Path | None) -> None:
+    """Refuse bad paths before the experiment is read: --test and --ablation must exist (a
+    missing one is not silently left out), --out must be a folder the report may replace."""
+    if not experiment.is_dir():
+        raise DataError(f"{experiment}: no such experiment folder")
+    if ablation is not None:
+        try:
+            require_file(ablation)
+        except DataError as exc:
+            raise ConfigError(f"--ablation {exc}") from None
+    if test is not None:
+        require_file_or_folder(test)
+    inputs = [experiment, *(p for p in (test, ablation) if p is not None)]
+    check_output_dir(out, "--out", REPORT_FILES, inputs, may_hold=[experiment])
+
+
 def build_report(experiment: Path, out: Path | None = None, test: str | None = None,
                  ablation: Path | None = None) -> Path:
-    """Write the figures, report.md and report.html; returns the output folder."""
+    """Write the figures, report.md and report.html; returns the output folder.
+
+    Written into a temp folder that replaces ``out`` when the report is complete.
+    """
     from fer_ray.report.document import compose
 
-    if ablation is not None and not Path(ablation).is_file():
-        raise ConfigError(f"--ablation {ablation}: no such file")
-    inputs = load_inputs(Path(experiment), test)
     target = Path(out) if out is not None else Path(experiment) / "report"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {target}: cannot create ({exc.strerror})") from None
-    doc = compose(inputs, target, ablation)
-    md, page = doc.write(target)
+    check_report_args(Path(experiment), target, test, ablation)
+    inputs = load_inputs(Path(experiment), test)
+    with storage.replace_dir(target, REPORT_FILES) as tmp:
+        doc = compose(inputs, tmp, ablation)
+        doc.write(tmp)
+    md, page = target / "report.md", target / "report.html"
     figures = sum(1 for b in doc.blocks if b.kind == "image")
     for note in inputs.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -261,7 +280,7 @@ def build_report(experiment: Path, out: Path | None = None, test: str | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_ray.report",
+    p = ArgumentParser(prog="python -m fer_ray.report",
                                 description="Figures and a report (Markdown + HTML) for a "
                                             "finished fer-ray experiment.")
     p.add_argument("--experiment", required=True, type=Path, help="<storage>/<name> of a search")
