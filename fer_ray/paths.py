@@ -1,8 +1,8 @@
 """Paths a user gives on a command line, checked before any work starts. No torch, no Ray.
 
 Inputs are read only when they are regular files (or folders): a named pipe or a device would
-block or never end. Small JSON inputs (configs, ``ensemble.json``) are read with a size limit
-and without JSON's NaN/Infinity extensions. Outputs must not be a folder where a file is
+block or never end. Small JSON inputs (configs, ``ensemble.json``) are read with a size limit.
+Outputs must not be a folder where a file is
 expected, one of the inputs, or a folder holding files the command did not write, and their
 folder must exist or be creatable. Every check raises one line naming the flag and the path;
 none of them writes anything.
@@ -83,15 +83,13 @@ def read_limited(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     return data
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (only finite numbers are allowed)")
-
-
 def read_json(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """A small JSON file, strictly: UTF-8, no NaN/Infinity, at most ``max_bytes``."""
+    """A small JSON file: UTF-8, at most ``max_bytes``. NaN and Infinity are read as Python
+    writes them (fer-ray's own files may hold them in free-form metadata); the schemas that
+    read numbers that matter (``check_config``, ``ensemble.record``) refuse non-finite ones."""
     data = read_limited(path, max_bytes)
     try:
-        return json.loads(data.decode("utf-8-sig"), parse_constant=_refuse_constant)
+        return json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise DataError(f"{shown(path)}: not valid JSON (not UTF-8 text)") from None
     except RecursionError:

@@ -26,7 +26,7 @@ from fer_ray import storage
 from fer_ray._cli import ArgumentParser, run_main
 from fer_ray.data import CLASS_NAMES
 from fer_ray.data.inputs import Item, iter_inputs
-from fer_ray.errors import ConfigError
+from fer_ray.errors import ConfigError, DataError
 from fer_ray.paths import check_output_file
 
 if TYPE_CHECKING:  # imported when predicting: flags and paths are checked without torch
@@ -121,6 +121,9 @@ def predict_files(ensemble_dir: str, inputs: list[str], out: Path | None, kaggle
     except _NothingRead:
         storage.remove_created(created)
         return 0
+    except OSError as exc:  # a full disk, a vanished folder: the old output stays
+        storage.remove_created(created)
+        raise DataError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         storage.remove_created(created)
         raise

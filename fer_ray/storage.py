@@ -135,9 +135,15 @@ def replace_dir(directory: str | os.PathLike[str], owned: Sequence[str]) -> Iter
     what = shown(directory)
     check_replaceable(target, owned, what)
     tmp, old = _temp_sibling(target), _temp_sibling(target)
-    tmp.mkdir(parents=True)
     try:
-        yield tmp
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        try:
+            yield tmp
+        except OSError as exc:  # a full disk while writing: the previous folder stays
+            raise DataError(f"{what}: cannot write ({exc.strerror or exc})") from None
         check_replaceable(target, owned, what)
         with suppress(FileNotFoundError):
             os.replace(target, old)

@@ -107,6 +107,7 @@ def _csv_items(path: Path) -> Iterator[Item]:
             return
         column = header.index("pixels")
         rows: list[tuple[int, str | None]] = []
+        seen = 0  # rows and malformed records: a file with none is reported, not skipped
         while True:
             start = reader.line_num + 1
             try:
@@ -115,21 +116,26 @@ def _csv_items(path: Path) -> Iterator[Item]:
                 break
             except csv.Error as exc:
                 yield from _parse_rows(source, rows)
-                rows = []
+                rows, seen = [], seen + 1
                 yield Item(f"{source}:{start}", None, f"malformed CSV ({exc})")
                 continue
             if record:  # blank lines are not rows
                 rows.append((start, record[column] if column < len(record) else None))
+                seen += 1
             if len(rows) == _CHUNK:
                 yield from _parse_rows(source, rows)
                 rows = []
         yield from _parse_rows(source, rows)
+        if not seen:
+            yield Item(source, None, "no data rows (header only)")
 
 
 def _npz_items(path: Path) -> Iterator[Item]:
     arrays, keys = read_npz(path, ("images",))
     if "images" not in arrays:
         raise DataError(f"{shown(path)}: no 'images' array (found: {', '.join(keys) or 'none'})")
+    if arrays["images"].ndim >= 1 and len(arrays["images"]) == 0:
+        raise DataError(f"{shown(path)}: no images (empty 'images' array)")
     images, _ = convert_stack(arrays["images"], shown(path))
     for index, image in enumerate(images):
         yield Item(f"{shown(path)}:{index}", image)

@@ -124,9 +124,14 @@ def parameter_count(config: ModelConfig, num_classes: int = 7) -> int:
 
 
 def check_model(config: ModelConfig, num_classes: int = 7) -> int:
-    """Refuse (ConfigError) a config that is not a buildable network or has more than
-    MAX_PARAMETERS numbers; returns the parameter count. Nothing is allocated."""
+    """Refuse (ConfigError) a config that is not a buildable network (sizes, layer counts,
+    dropout outside [0, 1)) or has more than MAX_PARAMETERS numbers; returns the parameter
+    count. Nothing is allocated."""
     count = parameter_count(config, num_classes)
+    dropouts = per_block(config.dropout, len(config.filters), "dropout")
+    for p in (*dropouts, config.dense_dropout):
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"model: dropout {p} outside [0, 1)")
     if count > MAX_PARAMETERS:
         raise ConfigError(f"model: {count:,} parameters, more than the {MAX_PARAMETERS:,} "
                           "allowed")
@@ -175,9 +180,6 @@ class VGGFer(nn.Module):
         channels, h, w = feature_shape(config)
         convs = per_block(config.convs_per_block, n_blocks, "convs_per_block")
         dropouts = per_block(config.dropout, n_blocks, "dropout")
-        for p in (*dropouts, config.dense_dropout):
-            if not 0.0 <= p < 1.0:
-                raise ConfigError(f"model: dropout {p} outside [0, 1)")
         act = _ACTIVATIONS[config.activation]
         pad = _padding(config)
         k = config.kernel_size

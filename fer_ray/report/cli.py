@@ -26,11 +26,12 @@ from fer_ray.ensemble.calibration import temperature_scale
 from fer_ray.ensemble.model import ENSEMBLE_JSON, Ensemble
 from fer_ray.errors import ConfigError, DataError, FerRayError
 from fer_ray.models.io import load_model
-from fer_ray.paths import check_output_dir, require_file, require_file_or_folder
+from fer_ray.paths import check_name, check_output_dir, require_file, require_file_or_folder
 from fer_ray.search.results import USABLE
 from fer_ray.search.settings import (
     RESULTS_PARQUET,
     SearchSettings,
+    checkpoint_location,
     load_search_data,
     read_search_json,
     settings_from_record,
@@ -100,14 +101,13 @@ def launch_order(results: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> p
 
 
 def checkpoint_of(experiment: Path, row: pd.Series) -> Path | None:
-    """A row's best checkpoint; if the experiment moved, the same folder under it."""
+    """A row's best checkpoint, inside the experiment (``checkpoint_location``); None when
+    the row has none or the folder is gone."""
     if not row.get("best_checkpoint"):
         return None
-    path = Path(str(row["best_checkpoint"]))
-    if path.is_dir():
-        return path
-    moved = experiment / f"trial_{row['trial_id']}" / path.name
-    return moved if moved.is_dir() else None
+    path = Path(checkpoint_location(experiment, str(row["trial_id"]),
+                                    str(row["best_checkpoint"])))
+    return path if path.is_dir() else None
 
 
 def stored_val_probas(inputs: Inputs) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -233,6 +233,11 @@ def load_inputs(experiment: Path, extra_test: str | None = None) -> Inputs:
     missing = {"trial_id", "status", "val_acc", "asha_stopped"} - set(results.columns)
     if missing:
         raise DataError(f"{path}: not a fer-ray results table (missing {sorted(missing)})")
+    for trial in results["trial_id"].astype(str):  # folder names: never a path out of it
+        try:
+            check_name(trial, "trial id")
+        except ConfigError as exc:
+            raise DataError(f"{path}: {exc}") from None
     histories = {str(t): read_history(experiment / f"trial_{t}") for t in results["trial_id"]}
     inputs = Inputs(experiment, record, settings, results, histories)
     _load_data(inputs, extra_test)

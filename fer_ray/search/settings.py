@@ -25,7 +25,7 @@ from fer_ray.config import (
 from fer_ray.data import FerData, load_data
 from fer_ray.data.loaders import read_split
 from fer_ray.errors import ConfigError, DataError, reason
-from fer_ray.paths import check_name
+from fer_ray.paths import check_name, require_file, shown
 
 SEARCH_JSON = "search.json"
 RESULTS_PARQUET = "results.parquet"
@@ -143,6 +143,9 @@ class SearchSettings:
                               f"{MAX_SYNTHETIC:,} faces fer-ray generates")
         if not self.storage:
             raise ConfigError("--storage: empty (give a folder or a URI)")
+        space_path = "/" in self.space or self.space.endswith((".yaml", ".yml"))
+        if space_path and os.path.exists(self.space) and not os.path.isfile(self.space):
+            require_file(self.space)  # a named pipe or a folder: refused, never read
         warm = self.warm_start
         if warm is not None and not storage.is_uri(warm) and not Path(warm).is_dir():
             raise ConfigError(f"--warm-start {warm}: no such experiment folder")
@@ -203,6 +206,23 @@ def read_results(location: str | os.PathLike[str]) -> pd.DataFrame:
         return pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"{path}: unreadable ({reason(exc)})") from None
+
+
+def checkpoint_location(experiment: str | os.PathLike[str], trial_id: str, recorded: str
+                        ) -> str:
+    """Where a checkpoint that results.parquet records lies: always inside ``experiment``, at
+    ``trial_<id>/checkpoint_<n>`` (Ray's layout), whatever folder the recorded path names, so
+    a moved experiment still finds its checkpoints and a tampered table cannot point a
+    reader outside the experiment. DataError for ids or names that are not plain."""
+    name = str(recorded).rstrip("/").rsplit("/", 1)[-1]
+    if not (name.startswith("checkpoint_") and name.removeprefix("checkpoint_").isdigit()):
+        raise DataError(f"{experiment}: results.parquet records checkpoint {shown(recorded)!r}, "
+                        "not a trial checkpoint")
+    try:
+        check_name(str(trial_id), "trial id")
+    except ConfigError as exc:
+        raise DataError(f"{experiment}: results.parquet: {exc}") from None
+    return storage.join(experiment, f"trial_{trial_id}", name)
 
 
 def settings_from_record(record: dict[str, Any], location: str | os.PathLike[str]
