@@ -367,3 +367,24 @@ def test_an_ensemble_uri_that_is_not_there_is_one_line(case_dir: Path) -> None:
                str(t / "good.npz"))
     assert_refused(proc, "nowhere: cannot fetch")
     assert snapshot(t) == before
+
+
+def test_unreadable_files_and_folders_are_error_rows(case_dir: Path) -> None:
+    """Permissions: a file and a subfolder the user may not read; the rest is predicted."""
+    t = case_dir
+    (t / "imgs" / "locked").mkdir(parents=True)
+    good = _good_png(t)
+    shutil.copy(good, t / "imgs" / "ok.png")
+    shutil.copy(good, t / "secret.png")
+    (t / "secret.png").chmod(0)
+    (t / "imgs" / "locked").chmod(0)
+    try:
+        proc = run("predict", "--ensemble", str(t / "ens"), "--out", str(t / "p.csv"),
+                   str(t / "imgs"), str(t / "secret.png"), as_user=True)
+    finally:
+        (t / "imgs" / "locked").chmod(0o755)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    df = pd.read_csv(t / "p.csv", keep_default_na=False).set_index("source")
+    assert df.loc[f"{t}/imgs/locked", "error"] == "cannot list folder (Permission denied)"
+    assert df.loc[f"{t}/secret.png", "error"] == "cannot read (Permission denied)"
+    assert df.loc[f"{t}/imgs/ok.png", "label_name"] != ""

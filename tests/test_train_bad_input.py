@@ -162,3 +162,20 @@ def test_ablate_refuses_before_training(case: str, setup: Callable[[Path], None]
                cwd=t)
     assert_refused(proc, expected)
     assert snapshot(t) == before, case
+
+
+@pytest.mark.parametrize("what", ["--data", "--config", "--out"])
+def test_train_refuses_what_it_may_not_read_or_write(what: str, tmp_path: Path) -> None:
+    """Permissions: an unreadable --data file or --config, an --out in a read-only folder."""
+    t = tmp_path
+    np.savez(t / "d.npz", images=np.zeros((20, 48, 48), np.uint8), labels=np.arange(20) % 7)
+    (t / "c.json").write_text("{}")
+    (t / "ro").mkdir()
+    locked = {"--data": t / "d.npz", "--config": t / "c.json", "--out": t / "ro"}[what]
+    locked.chmod(0o555 if what == "--out" else 0)
+    before = snapshot(t)
+    proc = run("train", "--data", str(t / "d.npz"), "--config", str(t / "c.json"), "--out",
+               str(t / "ro" / "run"), "--epochs", "1", as_user=True)
+    assert_refused(proc, "is not writable" if what == "--out" else "cannot read (Permission "
+                   "denied)")
+    assert snapshot(t) == before

@@ -174,6 +174,10 @@ def read_image(path: Path) -> tuple[np.ndarray, bool]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{shown(path)}: cannot decode image (over the "
                         f"{MAX_IMAGE_PIXELS / 1e6:g}-megapixel limit per image)") from None
+    except OSError as exc:
+        if exc.errno is None:  # PIL's own "cannot identify image file": a decoding problem
+            raise DataError(f"{shown(path)}: cannot decode image ({reason(exc)})") from exc
+        raise DataError(f"{shown(path)}: cannot read ({exc.strerror})") from exc
     # Decoders of damaged files raise many types (OSError, SyntaxError, ValueError,
     # struct.error, EOFError...); any of them means the same thing to the user.
     except Exception as exc:

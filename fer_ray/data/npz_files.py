@@ -66,6 +66,11 @@ def read_npz(path: str | Path, keys: tuple[str, ...] = ("images", "labels")
     """
     path = require_file(path)
     source = shown(path)
+    try:
+        with path.open("rb"):  # is_zipfile would word a permission error as "not a zip"
+            pass
+    except OSError as exc:
+        raise DataError(f"{source}: cannot read ({exc.strerror or reason(exc)})") from None
     if not zipfile.is_zipfile(path):
         raise DataError(f"{source}: not an .npz (zip) file, or one cut short")
     try:

@@ -65,6 +65,11 @@ def weights_header(path: str | Path) -> dict[str, tuple[int, ...]]:
         raise DataError(f"{path}: missing weights file")
     require_file(path)
     try:
+        with path.open("rb"):  # safetensors words a permission error as a missing file
+            pass
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or reason(exc)})") from None
+    try:
         with safe_open(str(path), "pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:

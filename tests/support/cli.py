@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fer_ray.config import TrainConfig
 from fer_ray.ensemble.model import Ensemble, Member
@@ -26,11 +28,21 @@ from fer_ray.models.vgg_fer import MODEL_PRESETS
 TIMEOUT = 180  # seconds; a command that blocks (a named pipe) fails the case instead of hanging
 
 
-def run(command: str, *args: str, cwd: Path | None = None, timeout: float = TIMEOUT
-        ) -> subprocess.CompletedProcess[str]:
-    """``python -m fer_ray.<command> ARGS`` with its stdout and stderr captured."""
-    return subprocess.run([sys.executable, "-m", f"fer_ray.{command}", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout,
+def run(command: str, *args: str, cwd: Path | None = None, timeout: float = TIMEOUT,
+        as_user: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python -m fer_ray.<command> ARGS`` with its stdout and stderr captured.
+
+    as_user: file permissions apply (as root: without the capabilities that override them),
+    so a ``chmod 000`` file is unreadable, as it is for any user.
+    """
+    prefix: list[str] = []
+    if as_user and os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: permissions cannot apply")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    return subprocess.run([*prefix, sys.executable, "-m", f"fer_ray.{command}", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 
