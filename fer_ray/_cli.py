@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from importlib import metadata
 from typing import NoReturn
@@ -21,11 +23,19 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_main(body: Callable[[], int]) -> int:
     """Run a CLI body; FerRayError -> 'error: <message>' on stderr and exit 2, no traceback.
 
-    A closed standard output (``| head``) ends the run quietly with exit 1.
+    A closed standard output (``| head``) ends the run quietly with exit 1. SIGTERM (``kill``,
+    a scheduler's timeout) unwinds like Ctrl-C, so temporary outputs are removed and the
+    previous outputs stay (Python's default would stop without any clean-up).
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return body()
     except FerRayError as exc:

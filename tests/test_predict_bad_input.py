@@ -388,3 +388,23 @@ def test_unreadable_files_and_folders_are_error_rows(case_dir: Path) -> None:
     assert df.loc[f"{t}/imgs/locked", "error"] == "cannot list folder (Permission denied)"
     assert df.loc[f"{t}/secret.png", "error"] == "cannot read (Permission denied)"
     assert df.loc[f"{t}/imgs/ok.png", "label_name"] != ""
+
+
+def test_a_killed_run_leaves_the_old_output_and_no_temp_file(case_dir: Path) -> None:
+    """SIGTERM mid-write (a scheduler's timeout): the earlier output stays, the temp goes."""
+    import signal
+    import time
+
+    t = case_dir
+    np.savez(t / "many.npz", images=faces(200_000))
+    proc = subprocess.Popen([sys.executable, "-m", "fer_ray.predict", "--ensemble",
+                             str(t / "ens"), "--out", str(t / "old.csv"), str(t / "many.npz")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(t.glob(".old.csv.*.tmp")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(t.glob(".old.csv.*.tmp")), "the run never started writing"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert (t / "old.csv").read_text() == "an earlier output that must survive\n"
+    assert not list(t.glob(".*.tmp"))

@@ -91,6 +91,8 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
      "more than the 1,000,000 faces"),
     ("--num-samples abc", _nothing, ["--num-samples", "abc"],
      "argument --num-samples: invalid int value: 'abc'"),
+    ("--address of nothing", _nothing, ["--address", "127.0.0.1:1"],
+     "--address 127.0.0.1:1: no Ray cluster answers there"),
     ("--storage empty", _nothing, ["--storage", ""], "--storage: empty"),
     ("--storage under a file", lambda t: (t / "f").write_text("x") and None,
      ["--storage", "{t}/f/sub"], "--storage: cannot write to"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,12 +65,26 @@ def check_resources(settings: SearchSettings) -> None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         trials_that_fit(settings, cpus, gpus, "this machine")
         return
+    if settings.address:
+        _check_reachable(settings.address)
     try:
         init_ray(settings)
     except Exception as exc:  # Ray raises ConnectionError, ValueError, RuntimeError, ...
         raise ConfigError(f"--address {settings.address}: cannot join the Ray cluster "
                           f"({reason(exc)})") from None
     _max_concurrent(settings)
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT address must answer at all: Ray itself retries a dead one for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto" and ray:// addresses: Ray's own lookup fails fast
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there "
+                          f"({exc.strerror or reason(exc)})") from None
 
 
 def _claim(path: str, record: dict[str, Any]) -> list[Path]:
