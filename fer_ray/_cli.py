@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import platform
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from importlib import metadata
+from typing import NoReturn
 
 from fer_ray.errors import FerRayError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported like every other refusal: one 'error:' line, exit 2
+    (argparse's default prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_main(body: Callable[[], int]) -> int:
-    """Run a CLI body; FerRayError -> 'error: <message>' on stderr and exit 2, no traceback."""
+    """Run a CLI body; FerRayError -> 'error: <message>' on stderr and exit 2, no traceback.
+
+    A closed standard output (``| head``) ends the run quietly with exit 1. SIGTERM (``kill``,
+    a scheduler's timeout) unwinds like Ctrl-C, so temporary outputs are removed and the
+    previous outputs stay (Python's default would stop without any clean-up).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return body()
     except FerRayError as exc:
@@ -20,6 +44,10 @@ def run_main(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Further writes to the closed pipe (at exit, when Python flushes) must not fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def versions() -> dict[str, str]:

@@ -27,16 +27,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fer_ray._cli import run_main
-from fer_ray.config import AugmentConfig, TrainConfig, merge
+from fer_ray import storage
+from fer_ray._cli import ArgumentParser, run_main
+from fer_ray.config import AugmentConfig, TrainConfig, check_config, merge
 from fer_ray.data import FerData, load_data
 from fer_ray.data.loaders import read_split
 from fer_ray.errors import ConfigError
 from fer_ray.models import build_model
-from fer_ray.train.cli import resolve_config
+from fer_ray.models.vgg_fer import check_model
+from fer_ray.paths import check_output_dir
+from fer_ray.train.cli import FLAG_KEYS, resolve_config
 from fer_ray.train.loop import Trainer, resolve_device, score_splits, to_device_images
 from fer_ray.train.presets import PRESETS
 
+ABLATION_FILES = ("ablation.csv", "ablation.md", "ablation.png")  # what --out may hold
 NO_AUGMENT = AugmentConfig(hflip=0.0, rotation=0.0, scale=0.0, translate=0.0)
 METRICS = ("val_acc", "val_macro_f1", "best_val_acc", "epochs_run", "seconds")
 
@@ -151,22 +155,23 @@ def summarize(runs: pd.DataFrame, text: bool = True) -> pd.DataFrame:
 
 
 def write_outputs(runs: pd.DataFrame, out: Path, header: str) -> pd.DataFrame:
-    """ablation.csv, ablation.md and ablation.png in ``out``; returns the text summary."""
+    """ablation.csv, ablation.md and ablation.png in ``out`` (a temp folder that replaces it
+    when all three are written); returns the text summary."""
     from fer_ray.report.document import markdown_table
     from fer_ray.report.figures import plot_ablation
 
-    out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "ablation.csv", index=False)
-    table = summarize(runs)
-    (out / "ablation.md").write_text(
-        f"# Ablation: augmentation and early stopping\n\n{header}\n\n"
-        f"{markdown_table(table)}\n\n![ablation](ablation.png)\n")
-    plot_ablation(summarize(runs, text=False), out / "ablation.png")
+    with storage.replace_dir(out, ABLATION_FILES) as tmp:
+        runs.to_csv(tmp / "ablation.csv", index=False)
+        table = summarize(runs)
+        (tmp / "ablation.md").write_text(
+            f"# Ablation: augmentation and early stopping\n\n{header}\n\n"
+            f"{markdown_table(table)}\n\n![ablation](ablation.png)\n")
+        plot_ablation(summarize(runs, text=False), tmp / "ablation.png")
     return table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fer_ray.ablate",
+    p = ArgumentParser(prog="python -m fer_ray.ablate",
                                 description="Train one network with and without augmentation "
                                             "and early stopping, over several seeds.")
     p.add_argument("--data", help="FER data (default: the config's data, else built-in faces)")
@@ -192,24 +197,28 @@ def ablate_main(args: argparse.Namespace) -> int:
     flags = argparse.Namespace(
         preset=args.preset or "small", config=args.config, epochs=args.epochs, patience=None,
         seed=None, batch_size=None, lr=None, data=args.data, val_fraction=None,
-        subsample=args.subsample, synthetic_size=args.synthetic_size)
-    config = resolve_config(flags)  # preset, then --config, then flags: as fer_ray.train
+        subsample=args.subsample, synthetic_size=args.synthetic_size, precision=None)
+    # Preset, then --config, then flags, as fer_ray.train; checked before data is loaded.
+    config = check_config(resolve_config(flags), FLAG_KEYS)
+    check_model(config.model)
     patience = args.patience if args.patience is not None else max(2, config.epochs // 4)
     if patience < 1:
         raise ConfigError(f"--patience: {patience} must be at least 1")
+    device = resolve_device(args.device)
+    out = args.out or Path(f"runs/ablation-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_dir(out, "--out", ABLATION_FILES,
+                     [p for p in (args.data, args.test, args.config) if p])
     data = load_data(config.data, seed=0)  # one split for every run
     if args.test:
         test = read_split(args.test, "test")
         if not any(np.array_equal(test.images, t.images) for t in data.tests.values()):
             data.tests["test"] = test
-    device = resolve_device(args.device)
     config = merge(config, {"seed": 0})
     n_runs = 4 * args.seeds
     print(f"data: {data.source}: train {len(data.train):,}, val {len(data.val):,}, tests "
           f"{', '.join(f'{k} {len(v):,}' for k, v in data.tests.items()) or 'none'}; "
           f"{n_runs} runs of {config.epochs} epochs on {device}", flush=True)
     runs = run_ablation(config, data, args.seeds, patience, device)
-    out = args.out or Path(f"runs/ablation-{time.strftime('%Y%m%d-%H%M%S')}")
     source = f"config `{args.config}`" if args.config else f"preset `{flags.preset}`"
     header = (f"Network: {source}, filters {list(config.model.filters)}; {config.epochs} "
               f"epochs; seeds 0..{args.seeds - 1}; data {data.source} (train "

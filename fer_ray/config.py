@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from fer_ray.errors import ConfigError
+from fer_ray.errors import ConfigError, DataError
+from fer_ray.paths import read_json
 
 Activation = Literal["relu", "elu", "leaky_relu", "gelu", "silu"]
 Padding = Literal["same", "valid"]
@@ -202,12 +204,12 @@ def merge(config: T, overrides: dict[str, Any], prefix: str = "") -> T:
 def read_config_dict(path: str | Path) -> dict[str, Any]:
     """The config mapping in a JSON file (a bare config, or a saved ``{"config": ...}``)."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        data = read_json(path)  # a regular file, of bounded size, strict JSON
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]  # a saved model's config.json wraps the config with metadata
     if not isinstance(data, dict):
@@ -223,3 +225,47 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
         if str(exc).startswith(str(path)):
             raise
         raise ConfigError(f"{path}: {exc}") from None
+
+
+MAX_ENSEMBLE_MEMBERS = 64  # an ensemble's networks (--top-k); loading refuses more
+MAX_SYNTHETIC = 1_000_000  # built-in faces to generate: 2.3 GB of images; FER2013 has 35,887
+# (low, high, whether high itself is allowed) per field: ranges where training means something.
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "epochs": (1, 1e6, True), "patience": (0, 1e6, True), "seed": (0, 2**32 - 1, True),
+    "optim.lr": (0, 1e3, True), "optim.weight_decay": (0, 1e3, True),
+    "optim.momentum": (0, 1, False), "optim.warmup_epochs": (0, 1e6, True),
+    "optim.label_smoothing": (0, 1, False), "optim.batch_size": (1, 2**20, True),
+    "augment.hflip": (0, 1, True), "augment.rotation": (0, 180, True),
+    "augment.scale": (0, 1, False), "augment.translate": (0, 1, True),
+    "augment.crop": (0, 47, True), "augment.erasing": (0, 1, True),
+    "augment.mixup": (0, 1e3, True), "augment.cutmix": (0, 1e3, True),
+    "data.val_fraction": (0, 1, False), "data.synthetic_size": (1, MAX_SYNTHETIC, True),
+    "data.subsample": (1, 2**40, True),
+}
+_POSITIVE = {"optim.lr", "data.val_fraction"}  # 0 itself is refused
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def check_config(config: TrainConfig, flags: dict[str, str] | None = None) -> TrainConfig:
+    """Refuse (ConfigError naming the key) values outside what training can use: counts below
+    1, probabilities outside [0, 1], non-finite numbers. The model's own fields are checked
+    when it is built (``fer_ray.models.vgg_fer.check_model``). Returns ``config``.
+
+    flags: key -> the command-line flag that sets it, named in the message too.
+    """
+    for key, (low, high, closed) in _RANGES.items():
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None:
+            continue
+        inside = low <= value <= high if closed else low <= value < high
+        if not (math.isfinite(value) and inside) or (key in _POSITIVE and value == 0):
+            where = f"{key} ({flags[key]})" if flags and key in flags else key
+            span = (f"{'(' if key in _POSITIVE else '['}{_number(low)}, {_number(high)}"
+                    f"{']' if closed else ')'}")
+            raise ConfigError(f"{where}: {value!r} is outside {span}")
+    return config

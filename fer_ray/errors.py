@@ -13,3 +13,9 @@ class DataError(FerRayError):
 
 class ConfigError(FerRayError):
     """A configuration value, key or search space is invalid. The message names the key."""
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name), to quote in one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from fer_ray.errors import ConfigError, DataError
+from fer_ray.errors import ConfigError, DataError, reason
+from fer_ray.paths import check_replaceable, require_file, shown
 
 CACHE = Path(os.environ.get("FER_RAY_CACHE", Path(tempfile.gettempdir()) / "fer-ray-cache"))
 
@@ -41,13 +46,46 @@ def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
         raise ConfigError(f"{location}: unsupported storage ({exc})") from None
 
 
-def write_bytes(location: str, data: bytes) -> None:
-    """Write a file; locally via temp file + rename (object stores put objects atomically)."""
+def _temp_sibling(path: Path) -> Path:
+    """A hidden name next to ``path``, unique, so concurrent writers never share a temp file."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], exclusive: bool = False) -> Iterator[Path]:
+    """A temporary path next to ``path``, moved onto it when the block succeeds and removed
+    when it fails: readers see the old file or the new one, never half of one.
+
+    exclusive: publish only if ``path`` does not exist yet (FileExistsError otherwise), so of
+    two runs creating the same file exactly one wins.
+    """
+    target = Path(path)
+    tmp = _temp_sibling(target)
+    try:
+        yield tmp
+        if not exclusive:
+            os.replace(tmp, target)
+            return
+        try:
+            os.link(tmp, target)  # atomic create-if-absent
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: check, then rename
+            if target.exists():
+                raise FileExistsError(str(target)) from None
+            os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(location: str, data: bytes, exclusive: bool = False) -> None:
+    """Write a file; locally via temp file + rename (object stores put objects atomically).
+
+    exclusive (local files): FileExistsError instead of replacing an existing file.
+    """
     if not is_uri(location):
-        local = Path(location)
-        tmp = local.with_name(f".{local.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, local)
+        with atomic_path(location, exclusive) as tmp:
+            tmp.write_bytes(data)
         return
     fs, path = _filesystem(location)
     with fs.open_output_stream(path) as stream:
@@ -55,6 +93,9 @@ def write_bytes(location: str, data: bytes) -> None:
 
 
 def read_bytes(location: str) -> bytes:
+    """A whole file; a local one must be a regular file (a named pipe would block)."""
+    if not is_uri(location):
+        require_file(location)
     fs, path = _filesystem(location)
     try:
         with fs.open_input_stream(path) as stream:
@@ -82,6 +123,62 @@ def check_writable(location: str) -> None:
         raise ConfigError(f"--storage: cannot write to {location} ({reason})") from None
 
 
+@contextmanager
+def replace_dir(directory: str | os.PathLike[str], owned: Sequence[str]) -> Iterator[Path]:
+    """A fresh temp folder next to ``directory`` that replaces it when the block succeeds, so an
+    interrupted write leaves the previous folder whole (never old files beside new ones).
+
+    owned: fnmatch patterns of what this kind of folder holds; a folder holding anything else
+    is refused (ConfigError) instead of deleted, before and again just before replacing it.
+    """
+    target = Path(directory).resolve()
+    what = shown(directory)
+    check_replaceable(target, owned, what)
+    tmp, old = _temp_sibling(target), _temp_sibling(target)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        try:
+            yield tmp
+        except OSError as exc:  # a full disk while writing: the previous folder stays
+            raise DataError(f"{what}: cannot write ({exc.strerror or exc})") from None
+        check_replaceable(target, owned, what)
+        with suppress(FileNotFoundError):
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:  # another run put a folder there in between
+            with suppress(OSError):
+                os.replace(old, target)
+            raise DataError(f"{what}: was written by another process meanwhile "
+                            f"({exc.strerror or exc}); this run's output was dropped") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target.exists():  # never drop the previous folder while nothing replaced it
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def make_dirs(folder: str | os.PathLike[str]) -> list[Path]:
+    """Create a local folder and its missing parents; returns the ones created, outermost
+    first (for ``remove_created``)."""
+    target = Path(folder).resolve()
+    missing = [p for p in (target, *target.parents) if not p.exists()][::-1]
+    target.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_created(created: Sequence[Path]) -> None:
+    """Remove the folders a failed run created (``make_dirs``) that are empty, innermost
+    first. ``os.rmdir`` never removes a folder with anything in it: other runs' files are safe."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def fetch_dir(location: str) -> Path:
     """A local folder holding ``location``: itself, or a cached copy of a remote folder."""
     if not is_uri(location):
@@ -89,9 +186,14 @@ def fetch_dir(location: str) -> Path:
     local = CACHE / hashlib.sha256(location.encode()).hexdigest()[:20]
     if not (local / ".complete").exists():
         fs, remote = _filesystem(location)
-        local.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(remote, str(local), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        try:
+            if fs.get_file_info(remote).type != pafs.FileType.Directory:
+                raise FileNotFoundError(f"no folder at {location}")
+            local.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(remote, str(local), source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+        except OSError as exc:
+            raise DataError(f"{location}: cannot fetch ({reason(exc)})") from None
         (local / ".complete").touch()
     return local
 

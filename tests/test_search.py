@@ -126,7 +126,7 @@ def test_gpus_per_trial_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
                     "--synthetic-size", "300")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: --gpus-per-trial 0.5: the Ray cluster has no GPU "
+        "error: --gpus-per-trial 0.5: this machine has no GPU "
         "(use --gpus-per-trial 0 to train on CPUs)"]
 
 

@@ -57,8 +57,8 @@ def test_cli_unknown_config_key_in_a_subprocess(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {cfg}: unknown config key optim.learning_rate " \
-        "(known: optimizer, lr, weight_decay, momentum, nesterov, schedule, label_smoothing, " \
-        "batch_size)"
+        "(known: optimizer, lr, weight_decay, momentum, nesterov, schedule, warmup_epochs, " \
+        "label_smoothing, batch_size)"
 
 
 @pytest.mark.slow

@@ -7,7 +7,10 @@ read for prediction go through exactly the same conversion:
 - any size -> 48x48 with PIL's antialiased BILINEAR resize (the image is stretched, not
   cropped: FER-style inputs are already face crops);
 - alpha is dropped (as PIL does): compositing would invent a background the faces never had;
-- 16-bit images are scaled to 8 bits, float images in [0, 1] are scaled to [0, 255].
+- 16-bit images are scaled to 8 bits, float images in [0, 1] are scaled to [0, 255];
+- at most ``MAX_IMAGE_PIXELS`` per image, checked from the file's header before decoding, so
+  a small file declaring a huge image is refused instead of decoded (PIL's own warning for
+  such files is made an error, which is then reported the same way).
 
 Also parses Kaggle-style pixel strings ("70 80 82 ...", 2304 values a row) to images, fast.
 """
@@ -15,6 +18,7 @@ Also parses Kaggle-style pixel strings ("70 80 82 ...", 2304 values a row) to im
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,10 +28,15 @@ import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
 from fer_ray.data._types import IMAGE_SIZE
-from fer_ray.errors import DataError
+from fer_ray.errors import DataError, reason
+from fer_ray.paths import require_file, shown
 
 _SIZE = (IMAGE_SIZE, IMAGE_SIZE)
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo; faces need 2,304
+# PIL warns on stderr for images over its own limit (89 MP, above ours) and raises over twice
+# it; as an error, the warning is reported like every other refused image.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 _WORKERS = min(8, os.cpu_count() or 1)
 # 16-bit PIL modes: their values span 0..65535, so they must be scaled, not clipped.
 _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -146,20 +155,33 @@ def read_image(path: Path) -> tuple[np.ndarray, bool]:
 
     EXIF orientation is applied, so phone photos are upright. Raises
     DataError("{path}: cannot decode image ({reason})") for truncated, corrupt or non-image
-    files: PIL reads headers lazily, so img.load() is what finds a truncated PNG.
+    files (PIL reads headers lazily, so img.load() is what finds a truncated PNG), for images
+    over MAX_IMAGE_PIXELS (from the header, before decoding), and for anything but a regular
+    file (a named pipe would block).
     """
+    require_file(path)
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{width}x{height} pixels, over the "
+                                f"{MAX_IMAGE_PIXELS / 1e6:g}-megapixel limit per image")
             img.load()
             upright = ImageOps.exif_transpose(img)
             return to_gray48(upright)
     except DataError as exc:
-        raise DataError(f"{path}: cannot decode image ({exc})") from exc
+        raise DataError(f"{shown(path)}: cannot decode image ({exc})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{shown(path)}: cannot decode image (over the "
+                        f"{MAX_IMAGE_PIXELS / 1e6:g}-megapixel limit per image)") from None
+    except OSError as exc:
+        if exc.errno is None:  # PIL's own "cannot identify image file": a decoding problem
+            raise DataError(f"{shown(path)}: cannot decode image ({reason(exc)})") from exc
+        raise DataError(f"{shown(path)}: cannot read ({exc.strerror})") from exc
     # Decoders of damaged files raise many types (OSError, SyntaxError, ValueError,
     # struct.error, EOFError...); any of them means the same thing to the user.
     except Exception as exc:
-        reason = str(exc) or type(exc).__name__
-        raise DataError(f"{path}: cannot decode image ({reason})") from exc
+        raise DataError(f"{shown(path)}: cannot decode image ({reason(exc)})") from exc
 
 
 def read_images(paths: list[Path]) -> tuple[np.ndarray, int]:
@@ -292,15 +314,24 @@ def _parse_pixel_chunk(arr: pa.Array, first_row: int) -> np.ndarray:
         return fast
     out = np.empty((len(arr), NUM_PIXELS), dtype=np.uint8)
     for i, raw in enumerate(pc.cast(arr, pa.binary()).to_pylist()):
-        tokens = (raw or b"").split()  # a null row counts as empty
-        if len(tokens) != NUM_PIXELS:
-            msg = f"expected {NUM_PIXELS} pixel values, got {len(tokens)}"
-            raise RowError(first_row + i, msg)
-        bad = _bad_pixel(tokens)
-        if bad:
-            raise RowError(first_row + i, bad)
-        out[i] = np.array(tokens).astype(np.int64)  # plain digits <= 255 by now
+        try:
+            out[i] = parse_pixel_row(raw)
+        except ValueError as exc:
+            raise RowError(first_row + i, str(exc)) from None
     return out.reshape(len(arr), IMAGE_SIZE, IMAGE_SIZE)
+
+
+def parse_pixel_row(raw: bytes | str | None) -> np.ndarray:
+    """One row's pixel string -> (2304,) uint8 (None counts as empty); ValueError naming the
+    first problem (count, or the first value that is not an integer 0..255)."""
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw or b""
+    tokens = data.split()
+    if len(tokens) != NUM_PIXELS:
+        raise ValueError(f"expected {NUM_PIXELS} pixel values, got {len(tokens)}")
+    bad = _bad_pixel(tokens)
+    if bad:
+        raise ValueError(bad)
+    return np.array(tokens).astype(np.int64).astype(np.uint8)  # plain digits <= 255 by now
 
 
 def parse_pixel_strings(col: pa.ChunkedArray) -> np.ndarray:

@@ -14,7 +14,6 @@ and dispatches.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,9 @@ import numpy as np
 from fer_ray.data._types import CLASS_NAMES, NUM_CLASSES, RawDataset, Split
 from fer_ray.data.csv_files import read_csv_folder, read_csv_source, read_csv_split
 from fer_ray.data.images import convert_stack, read_images
-from fer_ray.errors import DataError
+from fer_ray.data.npz_files import read_npz
+from fer_ray.errors import DataError, reason
+from fer_ray.paths import require_file_or_folder
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 _CLASS_INDEX = {n: i for i, n in enumerate(CLASS_NAMES)} | {str(i): i for i in range(NUM_CLASSES)}
@@ -36,9 +37,8 @@ _EXPECTED = (
 
 
 def _must_exist(path: str | Path) -> Path:
-    if not Path(path).exists():
-        raise DataError(f"{path}: no such file or directory")
-    return Path(path)
+    """A regular file or a folder (a named pipe or a device would block or never end)."""
+    return require_file_or_folder(path)
 
 
 # ----------------------------------------------------------------------------------- npz ----
@@ -47,24 +47,10 @@ def _must_exist(path: str | Path) -> Path:
 def _npz_split(path: Path, *, need_labels: bool) -> tuple[Split, int]:
     """An npz with `images` (any shape convert_stack takes) and optional `labels` (N,) in 0..6
     -> (Split, converted count). Never enables pickle: object arrays are refused."""
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path}: not an .npz (zip) file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.files)
-            if "images" not in keys:
-                raise DataError(f"{path}: no 'images' array (found: {', '.join(keys) or 'none'})")
-            images = z["images"]
-            labels = z["labels"] if "labels" in keys else None
-    except ValueError as exc:
-        if "pickle" not in str(exc):
-            raise DataError(f"{path}: cannot read npz ({exc})") from exc
-        raise DataError(
-            f"{path}: holds object arrays that need pickle to load, which is refused "
-            "(save plain numeric arrays instead)"
-        ) from exc
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: cannot read npz ({exc})") from exc
+    arrays, keys = read_npz(path)  # sizes checked from the headers, before decoding
+    if "images" not in arrays:
+        raise DataError(f"{path}: no 'images' array (found: {', '.join(keys) or 'none'})")
+    images, labels = arrays["images"], arrays.get("labels")
     if need_labels and labels is None:
         raise DataError(
             f"{path}: no 'labels' array, so there is nothing to train on "
@@ -195,12 +181,25 @@ def _image_tree(path: Path, dirs: list[Path]) -> RawDataset:
 # ------------------------------------------------------------------------------ dispatch ----
 
 
+def _unreadable(path: str | Path, exc: OSError) -> DataError:
+    """An OSError met while reading data (permissions, a folder vanishing) as one line."""
+    where = exc.filename if exc.filename is not None else path
+    return DataError(f"{where}: cannot read ({exc.strerror or reason(exc)})")
+
+
 def read_source(path: str | Path) -> RawDataset:
     """Read a dataset (file or folder; formats in the module docstring) -> RawDataset.
 
     A folder is read as: its .npz files if any, else its Kaggle CSVs, else an image tree, else
     its only CSV. Raises DataError for a missing path, unrecognised content or bad input.
     """
+    try:
+        return _read_source(path)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _read_source(path: str | Path) -> RawDataset:
     p = _must_exist(path)
     if p.is_file():
         if p.suffix.lower() == ".csv":
@@ -232,6 +231,13 @@ def read_split(path: str | Path, name: str) -> Split:
     whatever their Usage), or an image folder (<class>/ subfolders, or just images).
     name: the test set's name, used in messages.
     """
+    try:
+        return _read_split(path, name)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _read_split(path: str | Path, name: str) -> Split:
     p = _must_exist(path)
     if p.is_dir():
         return _image_split(p, allow_unlabeled=True)[0]

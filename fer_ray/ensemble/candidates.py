@@ -24,6 +24,7 @@ from fer_ray.models.io import load_model
 from fer_ray.search.results import USABLE
 from fer_ray.search.settings import (
     SearchSettings,
+    checkpoint_location,
     load_search_data,
     read_results,
     read_search_json,
@@ -110,6 +111,7 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
                 time.time() + per_member_test * (test_members + 1) >= deadline:
             break
         started = time.time()
+        ckpt["path"] = checkpoint_location(experiment, ckpt["trial_id"], str(ckpt["path"]))
         member, stored = _load_candidate(ckpt, data)
         member.model.to(target)
         single = Ensemble([member], np.ones(1), tta=True)

@@ -7,9 +7,14 @@ import time
 from pathlib import Path
 
 from fer_ray import storage
-from fer_ray._cli import run_main
+from fer_ray._cli import ArgumentParser, run_main
 from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.build import VARIANTS, BuildResult, build_ensemble
+from fer_ray.ensemble.model import ENSEMBLE_FILES
+from fer_ray.ensemble.record import MAX_MEMBERS
+from fer_ray.errors import ConfigError
+from fer_ray.paths import check_output_dir, require_file_or_folder
+from fer_ray.search.settings import read_search_json
 
 
 def format_result(result: BuildResult, top_k: int) -> str:
@@ -51,12 +56,23 @@ def build_and_save(experiment: str | Path, out: str | Path | None, top_k: int, m
     """Build, save (next to the experiment by default, uploading to a URI) and print.
 
     deadline: epoch seconds by which to be done; device: where the candidates run (see
-    ``build_ensemble``).
+    ``build_ensemble``). Every argument is checked before the (slow) build: ``top_k`` in
+    1..MAX_MEMBERS, ``test`` a file or folder, ``out`` a folder the ensemble may replace
+    (never the experiment).
     """
+    if not 1 <= top_k <= MAX_MEMBERS:
+        raise ConfigError(f"--top-k: {top_k} must be between 1 and {MAX_MEMBERS}")
+    read_search_json(experiment)  # an experiment at all, before its output folder is judged
+    if test is not None:
+        require_file_or_folder(test)
+    target = str(out or storage.join(experiment, "ensemble"))
+    if not storage.is_uri(target):
+        sources = [] if storage.is_uri(experiment) else [experiment]
+        check_output_dir(target, "--out", ENSEMBLE_FILES,
+                         [*sources, *([test] if test else [])], may_hold=sources)
     started = time.time()
     result = build_ensemble(experiment, top_k=top_k, method=method,  # type: ignore[arg-type]
                             tta=tta, extra_test=test, deadline=deadline, device=device)
-    target = str(out or storage.join(experiment, "ensemble"))
     if storage.is_uri(target):
         local = result.ensemble.save(storage.CACHE / "ensembles" / Path(target).name)
         storage.upload_dir(local, target)
@@ -71,7 +87,7 @@ def build_and_save(experiment: str | Path, out: str | Path | None, top_k: int, m
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_ray.ensemble",
+    p = ArgumentParser(prog="python -m fer_ray.ensemble",
                                 description="Build a soft-voting ensemble from an experiment.")
     p.add_argument("--experiment", required=True,
                    help="<storage>/<name> of a search (a folder or a URI)")

@@ -12,8 +12,6 @@ optionally abstain ("defer") when the confidence is below a threshold chosen on 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,18 +20,20 @@ import numpy as np
 import torch
 
 from fer_ray import storage
-from fer_ray.config import TrainConfig, from_dict, to_dict
+from fer_ray.config import TrainConfig, to_dict
 from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.calibration import temperature_scale
 from fer_ray.ensemble.decision import defer_mask, predict_with_biases
+from fer_ray.ensemble.record import FORMAT_VERSION, parse_record
 from fer_ray.ensemble.voting import SoftVotingEnsemble
 from fer_ray.errors import ConfigError, DataError
-from fer_ray.models.io import load_weights, save_weights
-from fer_ray.models.vgg_fer import VGGFer, build_model
+from fer_ray.models.io import build_checked, save_weights
+from fer_ray.models.vgg_fer import VGGFer
+from fer_ray.paths import read_json
 from fer_ray.train.loop import EVAL_BATCH, predict_probas
 
 ENSEMBLE_JSON = "ensemble.json"
-FORMAT_VERSION = 1
+ENSEMBLE_FILES = (ENSEMBLE_JSON, "members")  # all an ensemble folder holds
 
 
 @dataclass
@@ -102,13 +102,11 @@ class Ensemble:
         """Write members/<name>.safetensors and ensemble.json.
 
         Written into a sibling temp folder that then replaces ``directory``, so an interrupted
-        save leaves the previous ensemble whole (never old members under a new json).
+        save leaves the previous ensemble whole (never old members under a new json). A
+        folder holding anything but an ensemble is refused (ConfigError), never replaced.
         """
-        directory = Path(directory)
-        tmp = directory.with_name(f".{directory.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "members").mkdir(parents=True)
-        try:
+        with storage.replace_dir(directory, ENSEMBLE_FILES) as tmp:
+            (tmp / "members").mkdir()
             entries = []
             for member in self.members:
                 weights_file = f"members/{member.name}.safetensors"
@@ -124,43 +122,27 @@ class Ensemble:
                 "info": self.info,
             }
             storage.write_bytes(str(tmp / ENSEMBLE_JSON), json.dumps(record, indent=2).encode())
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-        return directory
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> Ensemble:
-        """Rebuild a saved ensemble on the CPU; DataError naming the file when anything is off."""
+        """Rebuild a saved ensemble on the CPU; DataError naming the file when anything is off.
+
+        ``ensemble.json`` is checked as a schema first (``record.parse_record``: types,
+        lengths, finite values, the format version, member files inside the folder, bounded
+        member configs), and each weights file against its config before a model is built.
+        """
         directory = Path(directory)
         path = directory / ENSEMBLE_JSON
-        if not path.is_file():
+        if not directory.is_dir() or not path.exists():
             raise DataError(f"{directory}: not an ensemble folder (no {ENSEMBLE_JSON})")
         try:
-            record = json.loads(path.read_text())
-            members = []
-            for entry in record["members"]:
-                config = from_dict(TrainConfig, entry["config"])
-                model = build_model(config.model)
-                load_weights(model, directory / entry["weights_file"])
-                members.append(Member(entry["name"], config, model.eval(), entry.get("info", {})))
-            defer = record.get("defer", {})
-            ensemble = cls(
-                members=members, weights=np.asarray(record["weights"], dtype=np.float64),
-                tta=bool(record["tta"]), temperature=float(record["temperature"]),
-                class_biases=np.asarray(record["class_biases"], dtype=np.float64),
-                defer_kind=defer.get("kind", "max_prob"), defer_threshold=defer.get("threshold"),
-                info=record.get("info", {}))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
-                ValueError, ConfigError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            raise DataError(f"{path}: not a valid ensemble ({reason})") from None
-        if len(ensemble.weights) != len(members) or not members:
-            raise DataError(f"{path}: {len(ensemble.weights)} weights for {len(members)} members")
-        return ensemble
+            record = parse_record(read_json(path), directory)
+        except ConfigError as exc:
+            raise DataError(f"{path}: not a valid ensemble ({exc})") from None
+        members = [Member(m.name, m.config, build_checked(m.config.model, m.weights_file),
+                          m.info) for m in record.members]
+        return cls(members=members, weights=record.weights, tta=record.tta,
+                   temperature=record.temperature, class_biases=record.class_biases,
+                   defer_kind=record.defer_kind, defer_threshold=record.defer_threshold,
+                   info=record.info)

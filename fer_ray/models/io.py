@@ -1,7 +1,8 @@
 """Save and load a model as safetensors weights + the resolved config as JSON.
 
 Loading never unpickles: safetensors holds raw tensors only, and the architecture comes
-from the JSON config through the model registry.
+from the JSON config through the model registry. A config from a file is bounded and checked
+against the weights file's header before the model is allocated (``build_checked``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from fer_ray import storage
-from fer_ray.config import TrainConfig, from_dict, to_dict
-from fer_ray.errors import ConfigError, DataError
+from fer_ray.config import ModelConfig, TrainConfig, from_dict, to_dict
+from fer_ray.errors import ConfigError, DataError, reason
 from fer_ray.models.vgg_fer import VGGFer, build_model
+from fer_ray.paths import read_json, require_file
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -44,16 +46,73 @@ def save_model(model: VGGFer, directory: str | Path, config: TrainConfig,
 def read_config(directory: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The TrainConfig saved in ``directory/config.json`` and the rest of that file."""
     path = Path(directory) / CONFIG
+    if not path.exists():
+        raise DataError(f"{path}: missing")
+    payload = read_json(path)
     try:
-        payload = json.loads(path.read_text())
         config = from_dict(TrainConfig, payload["config"])
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a fer-ray config ({exc})") from None
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a fer-ray config ({type(exc).__name__}: {exc})") from None
     except ConfigError as exc:
         raise DataError(f"{path}: {exc}") from None
     return config, {k: v for k, v in payload.items() if k != "config"}
+
+
+def weights_header(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, from its header (no tensor is read)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: missing weights file")
+    require_file(path)
+    try:
+        with path.open("rb"):  # safetensors words a permission error as a missing file
+            pass
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or reason(exc)})") from None
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot load weights ({reason(exc)})") from None
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of the state dict ``config`` describes, built on the meta
+    device (nothing allocated) after ``check_model`` has bounded it."""
+    with torch.device("meta"):
+        model = VGGFer(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_weights(config: ModelConfig, path: str | Path) -> None:
+    """Refuse (DataError) a weights file whose tensors are not the ones ``config`` needs."""
+    found, needed = weights_header(path), expected_shapes(config)
+    wrong = sorted(k for k in needed.keys() & found.keys() if needed[k] != found[k])
+    missing, extra = sorted(needed.keys() - found.keys()), sorted(found.keys() - needed.keys())
+    if wrong:
+        k = wrong[0]
+        raise DataError(f"{path}: does not match its config ({len(wrong)} tensor(s) of the "
+                        f"wrong shape, e.g. {k}: {list(found[k])} in the file, "
+                        f"{list(needed[k])} in the config)")
+    if missing or extra:
+        what = f"{len(missing)} missing, e.g. {missing[0]}" if missing \
+            else f"{len(extra)} unexpected, e.g. {extra[0]}"
+        raise DataError(f"{path}: does not match its config (tensors {what})")
+
+
+def build_checked(config: ModelConfig, path: str | Path) -> VGGFer:
+    """The model ``config`` describes with the weights at ``path``, in eval mode on the CPU.
+
+    For configs read from files: the config is bounded (``check_model``) and checked against
+    the weights file's header before the model is allocated.
+    """
+    try:
+        check_weights(config, path)
+        model = build_model(config)
+    except ConfigError as exc:
+        raise DataError(f"{path}: its config is refused ({exc})") from None
+    load_weights(model, path)
+    return model.eval()
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -61,17 +120,15 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing weights file")
+    require_file(path)
     try:
         state = load_file(str(path))
         model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot load weights ({first})") from None
+        raise DataError(f"{path}: cannot load weights ({reason(exc)})") from None
 
 
 def load_model(directory: str | Path, weights: str = WEIGHTS) -> tuple[VGGFer, TrainConfig]:
     """Rebuild a saved model in eval mode on the CPU: (model, config)."""
     config, _ = read_config(directory)
-    model = build_model(config.model)
-    load_weights(model, Path(directory) / weights)
-    return model.eval(), config
+    return build_checked(config.model, Path(directory) / weights), config

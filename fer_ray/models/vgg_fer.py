@@ -25,6 +25,11 @@ from fer_ray.models.registry import register_model
 from fer_ray.models.shapes import conv_output_size
 
 MIN_BLOCKS, MAX_BLOCKS = 2, 6
+# Bounds for configs read from files (ensemble.json, config.json, --config): checked from the
+# config alone, before anything is allocated. The paper's widest net (5 blocks of three 5x5
+# 512-filter convs, dense 1024) has about 96M parameters and 16 layers.
+MAX_PARAMETERS = 150_000_000
+MAX_LAYERS = 64  # convolutions (stem included) + dense layers
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -72,18 +77,78 @@ def _padding(config: ModelConfig) -> int:
     return 0
 
 
-def feature_shape(config: ModelConfig, input_size: int | None = None) -> tuple[int, int, int]:
-    """(channels, height, width) entering the classifier head, for a square input.
+def _check_structure(config: ModelConfig) -> tuple[int, ...]:
+    """Counts and sizes of a config, checked before any loop runs over them -> convs per block.
 
-    Raises ConfigError naming the block where the feature map becomes too small.
+    Raises ConfigError naming the field: blocks outside 2..6, sizes below 1, more than
+    MAX_LAYERS layers.
     """
     n_blocks = len(config.filters)
     if not MIN_BLOCKS <= n_blocks <= MAX_BLOCKS:
         raise ConfigError(f"model.filters: {n_blocks} blocks, expected {MIN_BLOCKS}..{MAX_BLOCKS}")
+    convs = per_block(config.convs_per_block, n_blocks, "convs_per_block")
+    at_least_one = {"filters": config.filters, "convs_per_block": convs,
+                    "dense_units": config.dense_units,
+                    "kernel_size": (config.kernel_size,), "input_size": (config.input_size,)}
+    for key, values in at_least_one.items():
+        if min(values, default=1) < 1:
+            raise ConfigError(f"model.{key}: {min(values)} must be at least 1")
+    if config.stem_filters < 0:
+        raise ConfigError(f"model.stem_filters: {config.stem_filters} must be 0 or more")
+    layers = sum(convs) + (config.stem_filters > 0) + len(config.dense_units)
+    if layers > MAX_LAYERS:
+        raise ConfigError(f"model: {layers} conv and dense layers, more than the "
+                          f"{MAX_LAYERS} allowed")
+    return convs
+
+
+def parameter_count(config: ModelConfig, num_classes: int = 7) -> int:
+    """Numbers in the network's state dict (parameters and batch-norm buffers), from the
+    config alone: what its weights file must hold. Nothing is allocated."""
+    convs = _check_structure(config)
+    k2, bn = config.kernel_size ** 2, config.batch_norm
+    total, in_ch = 2, 1  # the normalisation buffers (mean, std)
+    if config.stem_filters:
+        total += config.stem_filters * (k2 + 1)
+        in_ch = config.stem_filters
+    for out_ch, n in zip(config.filters, convs, strict=True):
+        total += out_ch * (in_ch * k2 + 1) + (n - 1) * out_ch * (out_ch * k2 + 1)
+        total += n * (4 * out_ch + 1) if bn else 0  # weight, bias, running mean/var, count
+        in_ch = out_ch
+    channels, h, w = feature_shape(config)
+    width = channels * h * w
+    for units in config.dense_units:
+        total += units * (width + 1) + ((4 * units + 1) if bn else 0)
+        width = units
+    return total + num_classes * (width + 1)
+
+
+def check_model(config: ModelConfig, num_classes: int = 7) -> int:
+    """Refuse (ConfigError) a config that is not a buildable network (sizes, layer counts,
+    dropout outside [0, 1)) or has more than MAX_PARAMETERS numbers; returns the parameter
+    count. Nothing is allocated."""
+    count = parameter_count(config, num_classes)
+    dropouts = per_block(config.dropout, len(config.filters), "dropout")
+    for p in (*dropouts, config.dense_dropout):
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"model: dropout {p} outside [0, 1)")
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"model: {count:,} parameters, more than the {MAX_PARAMETERS:,} "
+                          "allowed")
+    return count
+
+
+def feature_shape(config: ModelConfig, input_size: int | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) entering the classifier head, for a square input.
+
+    Raises ConfigError naming the block where the feature map becomes too small (or the
+    field, for blocks, sizes or layer counts out of range).
+    """
+    convs = _check_structure(config)
+    n_blocks = len(config.filters)
     size = input_size or config.input_size
     h = w = size
     k, p = config.kernel_size, _padding(config)
-    convs = per_block(config.convs_per_block, n_blocks, "convs_per_block")
     where = "the stem conv"
     try:
         if config.stem_filters:
@@ -109,14 +174,12 @@ class VGGFer(nn.Module):
 
     def __init__(self, config: ModelConfig, num_classes: int = 7) -> None:
         super().__init__()
+        check_model(config, num_classes)
         self.config = config
         n_blocks = len(config.filters)
         channels, h, w = feature_shape(config)
         convs = per_block(config.convs_per_block, n_blocks, "convs_per_block")
         dropouts = per_block(config.dropout, n_blocks, "dropout")
-        for p in (*dropouts, config.dense_dropout):
-            if not 0.0 <= p < 1.0:
-                raise ConfigError(f"model: dropout {p} outside [0, 1)")
         act = _ACTIVATIONS[config.activation]
         pad = _padding(config)
         k = config.kernel_size

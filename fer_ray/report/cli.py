@@ -8,7 +8,6 @@ ensemble folder, data no longer at its path) are replaced by a note, not an erro
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,17 +18,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fer_ray._cli import run_main
+from fer_ray import storage
+from fer_ray._cli import ArgumentParser, run_main
 from fer_ray.data import FerData, Split, fingerprint
 from fer_ray.data.loaders import read_split
 from fer_ray.ensemble.calibration import temperature_scale
 from fer_ray.ensemble.model import ENSEMBLE_JSON, Ensemble
 from fer_ray.errors import ConfigError, DataError, FerRayError
 from fer_ray.models.io import load_model
+from fer_ray.paths import check_name, check_output_dir, require_file, require_file_or_folder
 from fer_ray.search.results import USABLE
 from fer_ray.search.settings import (
     RESULTS_PARQUET,
     SearchSettings,
+    checkpoint_location,
     load_search_data,
     read_search_json,
     settings_from_record,
@@ -38,6 +40,7 @@ from fer_ray.space import load_space
 from fer_ray.train.loop import predict_logits
 
 MAX_CANDIDATES = 20  # as many trials as an ensemble build considers
+REPORT_FILES = ("*.png", "report.md", "report.html")  # what --out may already hold
 
 
 @dataclass
@@ -98,14 +101,13 @@ def launch_order(results: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> p
 
 
 def checkpoint_of(experiment: Path, row: pd.Series) -> Path | None:
-    """A row's best checkpoint; if the experiment moved, the same folder under it."""
+    """A row's best checkpoint, inside the experiment (``checkpoint_location``); None when
+    the row has none or the folder is gone."""
     if not row.get("best_checkpoint"):
         return None
-    path = Path(str(row["best_checkpoint"]))
-    if path.is_dir():
-        return path
-    moved = experiment / f"trial_{row['trial_id']}" / path.name
-    return moved if moved.is_dir() else None
+    path = Path(checkpoint_location(experiment, str(row["trial_id"]),
+                                    str(row["best_checkpoint"])))
+    return path if path.is_dir() else None
 
 
 def stored_val_probas(inputs: Inputs) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -231,6 +233,11 @@ def load_inputs(experiment: Path, extra_test: str | None = None) -> Inputs:
     missing = {"trial_id", "status", "val_acc", "asha_stopped"} - set(results.columns)
     if missing:
         raise DataError(f"{path}: not a fer-ray results table (missing {sorted(missing)})")
+    for trial in results["trial_id"].astype(str):  # folder names: never a path out of it
+        try:
+            check_name(trial, "trial id")
+        except ConfigError as exc:
+            raise DataError(f"{path}: {exc}") from None
     histories = {str(t): read_history(experiment / f"trial_{t}") for t in results["trial_id"]}
     inputs = Inputs(experiment, record, settings, results, histories)
     _load_data(inputs, extra_test)
@@ -238,21 +245,38 @@ def load_inputs(experiment: Path, extra_test: str | None = None) -> Inputs:
     return inputs
 
 
+def check_report_args(experiment: Path, out: Path, test: str | None,
+                      ablation: Path | None) -> None:
+    """Refuse bad paths before the experiment is read: --test and --ablation must exist (a
+    missing one is not silently left out), --out must be a folder the report may replace."""
+    if not experiment.is_dir():
+        raise DataError(f"{experiment}: no such experiment folder")
+    if ablation is not None:
+        try:
+            require_file(ablation)
+        except DataError as exc:
+            raise ConfigError(f"--ablation {exc}") from None
+    if test is not None:
+        require_file_or_folder(test)
+    inputs = [experiment, *(p for p in (test, ablation) if p is not None)]
+    check_output_dir(out, "--out", REPORT_FILES, inputs, may_hold=[experiment])
+
+
 def build_report(experiment: Path, out: Path | None = None, test: str | None = None,
                  ablation: Path | None = None) -> Path:
-    """Write the figures, report.md and report.html; returns the output folder."""
+    """Write the figures, report.md and report.html; returns the output folder.
+
+    Written into a temp folder that replaces ``out`` when the report is complete.
+    """
     from fer_ray.report.document import compose
 
-    if ablation is not None and not Path(ablation).is_file():
-        raise ConfigError(f"--ablation {ablation}: no such file")
-    inputs = load_inputs(Path(experiment), test)
     target = Path(out) if out is not None else Path(experiment) / "report"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {target}: cannot create ({exc.strerror})") from None
-    doc = compose(inputs, target, ablation)
-    md, page = doc.write(target)
+    check_report_args(Path(experiment), target, test, ablation)
+    inputs = load_inputs(Path(experiment), test)
+    with storage.replace_dir(target, REPORT_FILES) as tmp:
+        doc = compose(inputs, tmp, ablation)
+        doc.write(tmp)
+    md, page = target / "report.md", target / "report.html"
     figures = sum(1 for b in doc.blocks if b.kind == "image")
     for note in inputs.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -261,7 +285,7 @@ def build_report(experiment: Path, out: Path | None = None, test: str | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_ray.report",
+    p = ArgumentParser(prog="python -m fer_ray.report",
                                 description="Figures and a report (Markdown + HTML) for a "
                                             "finished fer-ray experiment.")
     p.add_argument("--experiment", required=True, type=Path, help="<storage>/<name> of a search")

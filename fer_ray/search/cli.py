@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from fer_ray._cli import run_main
+from fer_ray._cli import ArgumentParser, run_main
 from fer_ray.search.settings import SearchSettings
 
 DEFAULTS = SearchSettings()
@@ -13,7 +13,7 @@ DEFAULTS = SearchSettings()
 
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m fer_ray.search",
         description="Search CNN hyperparameters with Ray Tune, Optuna (TPE) and ASHA. "
                     "Without arguments: built-in synthetic faces, the 'small' space, a few "
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        settings_from_args(args).check()  # bad flags: refused before Ray is even imported
         from fer_ray.ensemble.cli import build_and_save
         from fer_ray.search.experiment import run_experiment  # imports Ray: after parsing
         from fer_ray.search.settings import experiment_location

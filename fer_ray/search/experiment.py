@@ -18,6 +18,7 @@ from fer_ray.config import to_dict
 from fer_ray.data import fingerprint, format_class_table
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.models.io import load_model
+from fer_ray.search.preflight import check_resources, check_storage, experiment_folder
 from fer_ray.search.proposals import warm_start
 from fer_ray.search.results import (
     USABLE,
@@ -100,12 +101,13 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
     settings = resolve_settings(settings, resume)
     space = load_space(settings.space)  # a bad space fails before Ray starts
     path = experiment_location(settings)
-    storage.check_writable(path)
+    check_storage(path, resume)  # writes nothing: the folder is claimed after every check
     record: dict[str, Any] = read_search_json(path) if resume else {}
     timing = run_timing(settings, record, started)
     # An unusable --warm-start or --device fails here, before anything is written or Ray starts.
     warm = None if resume else warm_start(settings, space, base_config(settings))
     resolve_device(settings.device)
+    check_resources(settings)
 
     limit = settings.trial_limit()
     trials = "trials until the deadline" if limit < 0 else f"{limit} trials"
@@ -124,8 +126,8 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
             "converted": data.converted}, "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "timing": dataclasses.asdict(timing)}
-        storage.write_bytes(storage.join(path, SEARCH_JSON), json.dumps(record, indent=2).encode())
-    run = run_search(settings, space, data, timing, warm, resume=resume, fault=fault)
+    with experiment_folder(path, None if resume else record):  # writes search.json
+        run = run_search(settings, space, data, timing, warm, resume=resume, fault=fault)
 
     scheme = settings.storage.split("://")[0] if storage.is_uri(settings.storage) else ""
     out_of_time = set(record.get("out_of_time", [])) | run.out_of_time

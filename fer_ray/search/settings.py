@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,16 @@ from typing import Any
 import pandas as pd
 
 from fer_ray import storage
-from fer_ray.config import TrainConfig, from_dict, merge
+from fer_ray.config import (
+    MAX_ENSEMBLE_MEMBERS,
+    MAX_SYNTHETIC,
+    TrainConfig,
+    from_dict,
+    merge,
+)
 from fer_ray.data import FerData, add_test_split, load_data
-from fer_ray.errors import ConfigError, DataError
+from fer_ray.errors import ConfigError, DataError, reason
+from fer_ray.paths import check_name, require_file, shown
 
 SEARCH_JSON = "search.json"
 RESULTS_PARQUET = "results.parquet"
@@ -88,10 +96,12 @@ class SearchSettings:
     def check(self) -> SearchSettings:
         """Refuse values that would only fail later, inside Ray."""
         positive = {"num_samples": self.num_samples, "max_epochs": self.max_epochs,
-                    "grace_period": self.grace_period, "top_k": self.top_k}
+                    "grace_period": self.grace_period, "top_k": self.top_k,
+                    "subsample": self.subsample, "synthetic_size": self.synthetic_size}
         for key, value in positive.items():
             if value is not None and value < 1:
                 raise ConfigError(f"--{key.replace('_', '-')}: {value} must be at least 1")
+        self._check_ranges()
         if self.grace() > self.epochs_cap():
             raise ConfigError(f"--grace-period: {self.grace_period} exceeds --max-epochs "
                               f"{self.epochs_cap()}")
@@ -107,12 +117,69 @@ class SearchSettings:
             raise ConfigError(f"mode: {self.mode!r} must be 'max' or 'min'")
         return self
 
+    def _check_ranges(self) -> None:
+        """Counts, fractions, seeds, names: the flags whose bad values Ray or numpy would
+        turn into a traceback, or into a search that never ends (max_failures -1)."""
+        floats = {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial,
+                  "time_budget": self.time_budget, "progress_every": self.progress_every,
+                  "val_fraction": self.val_fraction}
+        for key, number in floats.items():
+            if number is not None and not math.isfinite(number):
+                raise ConfigError(f"--{key.replace('_', '-')}: {number} is not a finite number")
+        for key, count in {"max_concurrent": self.max_concurrent,
+                           "max_failures": self.max_failures}.items():
+            if count < 0:
+                raise ConfigError(f"--{key.replace('_', '-')}: {count} must be 0 or more")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed: {self.seed} must be between 0 and 2**32 - 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction: {self.val_fraction} must be between 0 and 1")
+        if self.top_k > MAX_ENSEMBLE_MEMBERS:
+            raise ConfigError(f"--top-k: {self.top_k} is more than the {MAX_ENSEMBLE_MEMBERS} "
+                              "members an ensemble may have")
+        if self.synthetic_size > MAX_SYNTHETIC:
+            raise ConfigError(f"--synthetic-size: {self.synthetic_size} is more than the "
+                              f"{MAX_SYNTHETIC:,} faces fer-ray generates")
+        if not self.storage:
+            raise ConfigError("--storage: empty (give a folder or a URI)")
+        space_path = "/" in self.space or self.space.endswith((".yaml", ".yml"))
+        if space_path and os.path.exists(self.space) and not os.path.isfile(self.space):
+            require_file(self.space)  # a named pipe or a folder: refused, never read
+        warm = self.warm_start
+        if warm is not None and not storage.is_uri(warm) and not Path(warm).is_dir():
+            raise ConfigError(f"--warm-start {warm}: no such experiment folder")
+        if self.name:
+            check_name(self.name)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def trials_that_fit(settings: SearchSettings, cpus: float, gpus: float, where: str) -> int:
+    """Trials that run at once on ``cpus``/``gpus`` (``where``: "the Ray cluster", "this
+    machine"), at most --max-concurrent when set; ConfigError when not even one fits."""
+    if settings.gpus_per_trial > 0 and gpus <= 0:
+        raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial}: {where} has "
+                          "no GPU (use --gpus-per-trial 0 to train on CPUs)")
+    fit = math.floor(cpus / settings.cpus_per_trial + 1e-9)
+    if settings.gpus_per_trial > 0:
+        if math.floor(gpus / settings.gpus_per_trial + 1e-9) < 1:
+            raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial}: {where} has "
+                              f"only {gpus:g} GPUs")
+        fit = min(fit, math.floor(gpus / settings.gpus_per_trial + 1e-9))
+    if fit < 1:
+        raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial}: {where} has "
+                          f"only {cpus:g} CPUs")
+    return min(fit, settings.max_concurrent) if settings.max_concurrent else fit
+
+
 def experiment_location(settings: SearchSettings) -> str:
-    """``<storage>/<name>``: an absolute local path (as Ray wants) or a URI."""
+    """``<storage>/<name>``: an absolute local path (as Ray wants) or a URI.
+
+    The name must be a plain name (``paths.check_name``), so the experiment stays inside
+    ``--storage``.
+    """
+    check_name(settings.name)
     if storage.is_uri(settings.storage):
         return storage.join(settings.storage, settings.name)
     return str(Path(settings.storage).expanduser().resolve() / settings.name)
@@ -134,7 +201,27 @@ def read_results(location: str | os.PathLike[str]) -> pd.DataFrame:
     path = storage.join(location, RESULTS_PARQUET)
     if not storage.exists(path):
         raise DataError(f"{location}: no {RESULTS_PARQUET} (did the search finish?)")
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
+    try:
+        return pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path}: unreadable ({reason(exc)})") from None
+
+
+def checkpoint_location(experiment: str | os.PathLike[str], trial_id: str, recorded: str
+                        ) -> str:
+    """Where a checkpoint that results.parquet records lies: always inside ``experiment``, at
+    ``trial_<id>/checkpoint_<n>`` (Ray's layout), whatever folder the recorded path names, so
+    a moved experiment still finds its checkpoints and a tampered table cannot point a
+    reader outside the experiment. DataError for ids or names that are not plain."""
+    name = str(recorded).rstrip("/").rsplit("/", 1)[-1]
+    if not (name.startswith("checkpoint_") and name.removeprefix("checkpoint_").isdigit()):
+        raise DataError(f"{experiment}: results.parquet records checkpoint {shown(recorded)!r}, "
+                        "not a trial checkpoint")
+    try:
+        check_name(str(trial_id), "trial id")
+    except ConfigError as exc:
+        raise DataError(f"{experiment}: results.parquet: {exc}") from None
+    return storage.join(experiment, f"trial_{trial_id}", name)
 
 
 def settings_from_record(record: dict[str, Any], location: str | os.PathLike[str]

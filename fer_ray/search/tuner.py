@@ -9,7 +9,6 @@ checkpoint by the metric (plus its latest, for retries).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import warnings
@@ -20,7 +19,7 @@ from typing import Any
 from fer_ray import storage
 from fer_ray.config import TrainConfig
 from fer_ray.data import FerData
-from fer_ray.errors import ConfigError, DataError
+from fer_ray.errors import DataError
 from fer_ray.space import SearchSpace
 
 # Every process of a local cluster must agree on auth, and nobody asked for usage stats.
@@ -35,7 +34,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from fer_ray.search.proposals import WarmStart, build_searcher, warm_start
-from fer_ray.search.settings import SearchSettings, base_config, experiment_location
+from fer_ray.search.settings import (
+    SearchSettings,
+    base_config,
+    experiment_location,
+    trials_that_fit,
+)
 from fer_ray.train.loop import pixel_stats
 from fer_ray.trainable import TrialData, TrialSetup, fer_trainable
 
@@ -216,17 +220,8 @@ def init_ray(settings: SearchSettings) -> None:
 def _max_concurrent(settings: SearchSettings) -> int:
     """Trials that fit at once on the cluster (or --max-concurrent, if smaller)."""
     resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if settings.gpus_per_trial > 0 and gpus <= 0:
-        raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial}: the Ray cluster has "
-                          "no GPU (use --gpus-per-trial 0 to train on CPUs)")
-    fit = math.floor(cpus / settings.cpus_per_trial + 1e-9)
-    if settings.gpus_per_trial > 0:
-        fit = min(fit, math.floor(gpus / settings.gpus_per_trial + 1e-9))
-    if fit < 1:
-        raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial}: the Ray cluster has "
-                          f"only {cpus:g} CPUs")
-    return min(fit, settings.max_concurrent) if settings.max_concurrent else fit
+    return trials_that_fit(settings, resources.get("CPU", 0.0), resources.get("GPU", 0.0),
+                           "the Ray cluster")
 
 
 def build_trainable(settings: SearchSettings, space: SearchSpace, base: TrainConfig,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fer_ray._cli import run_main, versions
-from fer_ray.config import TrainConfig, load_config, merge
+from fer_ray import storage
+from fer_ray._cli import ArgumentParser, run_main, versions
+from fer_ray.config import TrainConfig, check_config, load_config, merge
 from fer_ray.data import (
     CLASS_NAMES,
     add_test_split,
@@ -21,12 +23,23 @@ from fer_ray.data import (
 )
 from fer_ray.errors import ConfigError
 from fer_ray.models.io import save_model
+from fer_ray.models.vgg_fer import check_model
+from fer_ray.paths import check_output_dir
 from fer_ray.train.loop import fit, resolve_device, score_splits
 from fer_ray.train.presets import PRESETS, get_preset
 
+# What a run folder holds: --out may replace a folder holding only these (an earlier run).
+RUN_FILES = ("model.safetensors", "config.json", "history.csv", "val_probs.npy",
+             "val_labels.npy")
+# Config keys set by a flag, named in range errors.
+FLAG_KEYS = {"epochs": "--epochs", "patience": "--patience", "seed": "--seed",
+             "optim.batch_size": "--batch-size", "optim.lr": "--lr",
+             "data.val_fraction": "--val-fraction", "data.subsample": "--subsample",
+             "data.synthetic_size": "--synthetic-size"}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m fer_ray.train",
         description="Train one CNN on FER data (built-in synthetic faces when --data is omitted).",
     )
@@ -80,10 +93,22 @@ def drop_none(tree: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_main(args: argparse.Namespace, started: float) -> int:
-    if args.time_budget is not None and not args.time_budget > 0:
+def check_run(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    """Everything a run was given, checked before data is loaded or anything written:
+    (the resolved config, the output folder)."""
+    if args.time_budget is not None and not (math.isfinite(args.time_budget)
+                                             and args.time_budget > 0):
         raise ConfigError(f"--time-budget: {args.time_budget} minutes must be positive")
-    config = resolve_config(args)
+    config = check_config(resolve_config(args), FLAG_KEYS)
+    check_model(config.model)
+    out = Path(args.out or f"runs/train-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    inputs = [p for p in (args.data, args.test, args.config) if p]
+    check_output_dir(out, "--out", RUN_FILES, inputs)
+    return config, out
+
+
+def train_main(args: argparse.Namespace, started: float) -> int:
+    config, out = check_run(args)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     data = load_data(config.data, seed=config.seed)
@@ -113,16 +138,16 @@ def train_main(args: argparse.Namespace, started: float) -> int:
     config = result.extra.get("config", config)  # with a budget: the epochs it planned
     tests = score_splits(result.model, data.tests, device, hflip_tta=args.tta)
 
-    out = Path(args.out or f"runs/train-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     record = {"best": result.best, "tests": tests, "test_tta": args.tta,
               "train_seconds": train_seconds, "wall_seconds": time.time() - started,
               "data": {"source": data.source, "fingerprint": fingerprint(data),
                        "n_train": len(data.train), "n_val": len(data.val)},
               "versions": versions()}
-    save_model(result.model, out, config, extra=record)
-    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
-    np.save(out / "val_probs.npy", result.val_probs)
-    np.save(out / "val_labels.npy", result.val_labels)
+    with storage.replace_dir(out, RUN_FILES) as tmp:  # all files, or none
+        save_model(result.model, tmp, config, extra=record)
+        pd.DataFrame(result.history).to_csv(tmp / "history.csv", index=False)
+        np.save(tmp / "val_probs.npy", result.val_probs)
+        np.save(tmp / "val_labels.npy", result.val_labels)
 
     print(f"best val_acc {result.best.get('val_acc', float('nan')):.4f} "
           f"(epoch {int(result.best.get('epoch', 0))}), val_macro_f1 "

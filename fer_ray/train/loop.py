@@ -52,9 +52,16 @@ def resolve_device(name: str | None = None) -> torch.device:
     """'auto'/None: CUDA when available, else CPU; otherwise the named device."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = torch.device("meta")  # refused just below, with the name given
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: {name!r} is not auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: CUDA was requested but no GPU is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name!r}, but there are {torch.cuda.device_count()} GPUs")
     return device
 
 

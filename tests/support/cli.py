@@ -1,0 +1,120 @@
+"""Helpers for the bad-input tables: real command lines, real files, and what must not change.
+
+Every case runs ``python -m fer_ray.<command>`` in a subprocess, as a user would, and checks
+the contract of issue 11: the exit code, exactly one ``error:`` line on stderr, no traceback,
+and the files the command was given (or pointed at) left exactly as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_ray.config import TrainConfig
+from fer_ray.ensemble.model import Ensemble, Member
+from fer_ray.models import create_model
+from fer_ray.models.vgg_fer import MODEL_PRESETS
+
+TIMEOUT = 180  # seconds; a command that blocks (a named pipe) fails the case instead of hanging
+
+
+def run(command: str, *args: str, cwd: Path | None = None, timeout: float = TIMEOUT,
+        as_user: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python -m fer_ray.<command> ARGS`` with its stdout and stderr captured.
+
+    as_user: file permissions apply (as root: without the capabilities that override them),
+    so a ``chmod 000`` file is unreadable, as it is for any user.
+    """
+    prefix: list[str] = []
+    if as_user and os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: permissions cannot apply")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    return subprocess.run([*prefix, sys.executable, "-m", f"fer_ray.{command}", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def assert_refused(proc: subprocess.CompletedProcess[str], expected: str,
+                   code: int = 2) -> None:
+    """Exit ``code``, one stderr line 'error: ...' holding ``expected``, no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert expected in lines[0], (expected, lines[0])
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root``: files by content hash, folders, links and pipes by kind
+    (never opened, so a named pipe is safe to snapshot)."""
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"link -> {os.readlink(path)}"
+        elif path.is_dir():
+            out[rel] = "folder"
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            out[rel] = "special"
+    return out
+
+
+def save_tiny_ensemble(folder: Path, members: int = 1) -> Path:
+    """A real ensemble of ``vgg_fer_tiny`` nets (random weights), saved without any search."""
+    config = TrainConfig(model=MODEL_PRESETS["vgg_fer_tiny"])
+    nets = [Member(f"m{i}", config, create_model("vgg_fer_tiny").eval()) for i in range(members)]
+    Ensemble(nets, np.ones(members) / members, temperature=1.5,  # type: ignore[arg-type]
+             defer_threshold=0.3).save(folder)
+    return folder
+
+
+def faces(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 48, 48) uint8 random faces (predictions need images, not realistic ones)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+
+
+def npy_header_only(shape: tuple[int, ...], dtype: str = "|u1") -> bytes:
+    """An .npy file that declares ``shape`` but holds no data: what a compressed bomb looks like
+    to a reader that checks headers (the data would only be decompressed afterwards)."""
+    header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin1")
+
+
+def npz_declaring(path: Path, shape: tuple[int, ...], dtype: str = "|u1") -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("images.npy", npy_header_only(shape, dtype) + b"\0" * 64)
+    return path
+
+
+def png_declaring(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says width x height (grayscale) and whose data is a few bytes: small
+    on disk, huge once decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+    return path
+
+
+def fifo(path: Path) -> Path:
+    """A named pipe nobody writes to: a reader that opens it blocks forever."""
+    os.mkfifo(path)
+    return path

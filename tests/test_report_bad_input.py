@@ -1,0 +1,134 @@
+"""``python -m fer_ray.report`` given bad or odd input (issue 11): every case a real
+subprocess that exits 2 with one ``error:`` line and no traceback, before the report folder
+is created, with every file unchanged. A --test or --ablation that cannot be read is an
+error, not a silently skipped section.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from support.cli import assert_refused, fifo, run, save_tiny_ensemble, snapshot
+
+
+@pytest.fixture(scope="module")
+def saved_ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_ensemble(tmp_path_factory.mktemp("ens") / "ensemble")
+
+
+@pytest.fixture()
+def experiment(tmp_path: Path, saved_ensemble: Path) -> Path:
+    """An experiment folder as the report reads it: search.json, results.parquet and an
+    ensemble (no trials, so the sections needing them become notes)."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "search.json").write_text(json.dumps({"settings": {"synthetic_size": 300}}))
+    pd.DataFrame({"trial_id": ["a"], "status": ["completed"], "val_acc": [0.5],
+                  "asha_stopped": [False], "best_checkpoint": [""]}).to_parquet(
+        exp / "results.parquet")
+    shutil.copytree(saved_ensemble, exp / "ensemble")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "slides.key").write_text("keep\n")
+    (tmp_path / "file.txt").write_text("a file\n")
+    return exp
+
+
+def _nothing(t: Path) -> None:
+    return None
+
+
+def _write(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda t: (t / "exp" / name).write_bytes(data)
+
+
+def _make_fifo(path: Path) -> None:
+    fifo(path)
+
+
+def _ensemble_json(old: str, new: str) -> Callable[[Path], None]:
+    def make(t: Path) -> None:
+        path = t / "exp" / "ensemble" / "ensemble.json"
+        path.write_text(path.read_text().replace(old, new, 1))
+    return make
+
+
+def _foreign_report(t: Path) -> None:
+    (t / "exp" / "report").mkdir()
+    (t / "exp" / "report" / "draft.docx").write_bytes(b"mine")
+
+
+# (case, setup(t), args (with {t}; --experiment {t}/exp is added unless given), expected)
+CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
+    ("--experiment missing", _nothing, ["--experiment", "{t}/nowhere"],
+     "nowhere: no such experiment folder"),
+    ("--experiment a file", _nothing, ["--experiment", "{t}/file.txt"],
+     "file.txt: no such experiment folder"),
+    ("no search.json", lambda t: (t / "exp" / "search.json").unlink(), [],
+     "not a fer-ray experiment"),
+    ("search.json a named pipe", lambda t: ((t / "exp" / "search.json").unlink(),
+                                            _make_fifo(t / "exp" / "search.json"))[0], [],
+     "a named pipe, not a regular file"),
+    ("results.parquet corrupt", _write("results.parquet", b"PAR1junk"), [], "unreadable"),
+    ("results.parquet of another tool", lambda t: pd.DataFrame({"x": [1]}).to_parquet(
+        t / "exp" / "results.parquet"), [], "not a fer-ray results table"),
+    ("trial id a path", lambda t: pd.DataFrame({
+        "trial_id": ["../../outside"], "status": ["completed"], "val_acc": [0.5],
+        "asha_stopped": [False], "best_checkpoint": [""]}).to_parquet(
+        t / "exp" / "results.parquet"), [], "trial id '../../outside': not a plain name"),
+    ("--out is the experiment", _nothing, ["--out", "{t}/exp"], "would replace the input"),
+    ("--out holds the experiment", _nothing, ["--out", "{t}"], "would replace the input"),
+    ("--out holds other files", _nothing, ["--out", "{t}/other"],
+     "already holds files this command did not write (slides.key)"),
+    ("--out is the ensemble", _nothing, ["--out", "{t}/exp/ensemble"],
+     "already holds files this command did not write (ensemble.json, members)"),
+    ("--out a file", _nothing, ["--out", "{t}/file.txt"], "is a regular file, not a folder"),
+    ("default --out holds other files", _foreign_report, [],
+     "already holds files this command did not write (draft.docx)"),
+    ("--test missing", _nothing, ["--test", "{t}/nope.npz"], "no such file or directory"),
+    ("--test a named pipe", lambda t: _make_fifo(t / "t.csv"), ["--test", "{t}/t.csv"],
+     "a named pipe, not a regular file or folder"),
+    ("--ablation missing", _nothing, ["--ablation", "{t}/a.csv"],
+     "--ablation {t}/a.csv: no such file or directory"),
+    ("--ablation a named pipe", lambda t: _make_fifo(t / "a.csv"), ["--ablation", "{t}/a.csv"],
+     "a named pipe, not a regular file"),
+    ("ensemble temperature Infinity", _ensemble_json('"temperature": 1.5',
+                                                     '"temperature": Infinity'), [],
+     "temperature: inf is outside 0.01..100"),
+    ("ensemble format_version 2", _ensemble_json('"format_version": 1',
+                                                 '"format_version": 2'), [],
+     "format_version: 2 is not supported"),
+    ("ensemble member outside", _ensemble_json('"members/', '"../../'), [],
+     "not a path inside the ensemble folder"),
+]
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_refused_with_files_untouched(case: str, setup: Callable[[Path], None],
+                                      args: list[str], expected: str,
+                                      experiment: Path) -> None:
+    t = experiment.parent
+    setup(t)
+    args = [a.format(t=t) for a in args]
+    if "--experiment" not in args:
+        args = ["--experiment", str(experiment), *args]
+    before = snapshot(t)
+    proc = run("report", *args)
+    assert_refused(proc, expected.format(t=t))
+    assert snapshot(t) == before, case
+
+
+def test_a_report_replaces_only_its_own_folder(experiment: Path) -> None:
+    """The happy path through the same checks: written, then rewritten in place."""
+    for _ in range(2):
+        proc = run("report", "--experiment", str(experiment))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in (experiment / "report").iterdir())
+    assert "report.html" in names and "report.md" in names
+    assert sorted(p.name for p in experiment.iterdir()) == [
+        "ensemble", "report", "results.parquet", "search.json"]
