@@ -26,11 +26,16 @@ search: $(STAMP)
 train: $(STAMP)
 	$(PY) -m fer_ray.train $(ARGS)
 
+# The bad-input tables: hundreds of short CLI subprocesses, mostly Python start-up on one core,
+# so they run two at a time (pytest-xdist); everything else runs alone (it uses both cores).
+BAD_INPUT_TESTS := $(wildcard tests/test_*_bad_input.py) tests/test_bounds.py
+
 # The whole suite (slow tests included), plus ruff and mypy.
 test: $(STAMP)
 	$(PY) -m ruff check fer_ray tests scripts
 	$(PY) -m mypy fer_ray
-	$(PY) -m pytest -m "slow or not slow" $(ARGS)
+	$(PY) -m pytest -m "slow or not slow" $(addprefix --ignore=,$(BAD_INPUT_TESTS)) $(ARGS)
+	$(PY) -m pytest -m "slow or not slow" -n 2 $(BAD_INPUT_TESTS) $(ARGS)
 
 # Quick local loop: slow tests skipped.
 test-fast: $(STAMP)

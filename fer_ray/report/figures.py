@@ -217,7 +217,8 @@ def plot_hyperparameters(results: pd.DataFrame, params: Sequence[str], path: Pat
 def plot_importance(importances: Mapping[str, float], path: Path) -> Path:
     """Horizontal bars of Optuna fANOVA importances (fractions summing to 1), largest on top."""
     names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(WIDTH, 0.35 * len(names) + 1.2))
+    height = max(3.2, 0.35 * len(names) + 1.2)  # stays readable with one or two params
+    fig, ax = plt.subplots(figsize=(WIDTH, height))
     ax.barh([n.removeprefix("param.") for n in names],
             [100 * importances[n] for n in names], color=USABLE_COLOR)
     ax.set_xlabel("importance for validation accuracy (% of explained variance)")
