@@ -104,6 +104,8 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
      "format_version: 2 is not supported"),
     ("ensemble member outside", _ensemble_json('"members/', '"../../'), [],
      "not a path inside the ensemble folder"),
+    ("--device not a device", _nothing, ["--device", "tpu"],
+     "device: 'tpu' is not auto, cpu, cuda or cuda:N"),
 ]
 
 

@@ -37,7 +37,7 @@ from fer_ray.search.settings import (
     settings_from_record,
 )
 from fer_ray.space import load_space
-from fer_ray.train.loop import predict_logits
+from fer_ray.train.loop import predict_probas, resolve_device
 
 MAX_CANDIDATES = 20  # as many trials as an ensemble build considers
 REPORT_FILES = ("*.png", "report.md", "report.html")  # what --out may already hold
@@ -182,11 +182,12 @@ def labelled_splits(data: FerData) -> dict[str, Split]:
     return splits
 
 
-def _predict(inputs: Inputs) -> None:
-    """Ensemble (raw + calibrated) and best-single probabilities on every labelled split."""
+def _predict(inputs: Inputs, device: torch.device) -> None:
+    """Ensemble (raw + calibrated) and best-single probabilities on every labelled split,
+    computed on ``device``."""
     ens_dir = inputs.experiment / "ensemble"
     if (ens_dir / ENSEMBLE_JSON).is_file():
-        inputs.ensemble = Ensemble.load(ens_dir)
+        inputs.ensemble = Ensemble.load(ens_dir).to(device)
     else:
         inputs.notes.append(f"no ensemble in {ens_dir}; build one with `python -m fer_ray."
                             f"ensemble --experiment {inputs.experiment}`")
@@ -203,7 +204,7 @@ def _predict(inputs: Inputs) -> None:
     model = None
     if best is not None:
         inputs.single_id = best[0]
-        model, _ = load_model(best[1])
+        model = load_model(best[1])[0].to(device)
     for name, split in labelled_splits(inputs.data).items():
         assert split.labels is not None
         inputs.labels[name] = split.labels
@@ -213,12 +214,14 @@ def _predict(inputs: Inputs) -> None:
             inputs.ens_raw[name] = raw
             inputs.ens_cal[name] = temperature_scale(raw, e.temperature)
         if model is not None:
-            logits = predict_logits(model, split.images)
-            inputs.single[name] = torch.softmax(logits, dim=1).cpu().numpy()
+            inputs.single[name] = predict_probas([model], split.images)[0]
 
 
-def load_inputs(experiment: Path, extra_test: str | None = None) -> Inputs:
-    """Read an experiment folder and run its ensemble and best model on every labelled split."""
+def load_inputs(experiment: Path, extra_test: str | None = None,
+                device: str = "auto") -> Inputs:
+    """Read an experiment folder and run its ensemble and best model on every labelled split
+    (on ``device``: auto, cpu, cuda, cuda:N)."""
+    target = resolve_device(device)  # a bad --device fails before anything is read
     if not experiment.is_dir():
         raise DataError(f"{experiment}: no such experiment folder")
     record = read_search_json(experiment)
@@ -241,7 +244,7 @@ def load_inputs(experiment: Path, extra_test: str | None = None) -> Inputs:
     histories = {str(t): read_history(experiment / f"trial_{t}") for t in results["trial_id"]}
     inputs = Inputs(experiment, record, settings, results, histories)
     _load_data(inputs, extra_test)
-    _predict(inputs)
+    _predict(inputs, target)
     return inputs
 
 
@@ -263,7 +266,7 @@ def check_report_args(experiment: Path, out: Path, test: str | None,
 
 
 def build_report(experiment: Path, out: Path | None = None, test: str | None = None,
-                 ablation: Path | None = None) -> Path:
+                 ablation: Path | None = None, device: str = "auto") -> Path:
     """Write the figures, report.md and report.html; returns the output folder.
 
     Written into a temp folder that replaces ``out`` when the report is complete.
@@ -272,7 +275,7 @@ def build_report(experiment: Path, out: Path | None = None, test: str | None = N
 
     target = Path(out) if out is not None else Path(experiment) / "report"
     check_report_args(Path(experiment), target, test, ablation)
-    inputs = load_inputs(Path(experiment), test)
+    inputs = load_inputs(Path(experiment), test, device)
     with storage.replace_dir(target, REPORT_FILES) as tmp:
         doc = compose(inputs, tmp, ablation)
         doc.write(tmp)
@@ -293,10 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", help="an extra labelled test set (npz, CSV, image folder)")
     p.add_argument("--ablation", type=Path,
                    help="ablation.csv to include (default <experiment>/ablation/ablation.csv)")
+    p.add_argument("--device", default="auto",
+                   help="where the ensemble and best model run: auto (a GPU when there is "
+                        "one), cpu, cuda, cuda:N")
     args = p.parse_args(argv)
 
     def body() -> int:
-        build_report(args.experiment, args.out, args.test, args.ablation)
+        build_report(args.experiment, args.out, args.test, args.ablation, args.device)
         return 0
 
     return run_main(body)
