@@ -17,7 +17,6 @@ run), ``ablation.md`` (mean ± std per variant) and ``ablation.png``. No Ray.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,9 +35,11 @@ from fer_ray.errors import ConfigError
 from fer_ray.models import build_model
 from fer_ray.models.vgg_fer import check_model
 from fer_ray.paths import check_output_dir
-from fer_ray.train.cli import FLAG_KEYS, resolve_config
-from fer_ray.train.loop import Trainer, resolve_device, score_splits, to_device_images
-from fer_ray.train.presets import PRESETS
+from fer_ray.report.analysis import summarize
+from fer_ray.report.document import markdown_table
+from fer_ray.report.figures import plot_ablation
+from fer_ray.train.loop import fit, resolve_device, score_splits, to_device_images
+from fer_ray.train.presets import FLAG_KEYS, PRESETS, resolve_config
 
 ABLATION_FILES = ("ablation.csv", "ablation.md", "ablation.png")  # what --out may hold
 NO_AUGMENT = AugmentConfig(hflip=0.0, rotation=0.0, scale=0.0, translate=0.0)
@@ -66,33 +67,14 @@ def train_once(config: TrainConfig, data: FerData, device: torch.device) -> dict
     best_epoch, seconds and test_acc.<split> for every labelled test split.
     """
     start = time.perf_counter()
-    trainer = Trainer(config, data.train, data.val, device)
-    best: dict[str, float] = {}
-    best_state: dict[str, torch.Tensor] = {}
-    last: dict[str, float] = {}
-    stale = 0
-    for _ in range(config.epochs):
-        last = trainer.run_epoch()
-        if not np.isfinite(last["train_loss"]):
-            break  # diverged: more epochs cannot help
-        if not best or last["val_acc"] > best["val_acc"]:
-            best, stale = dict(last), 0
-            if config.patience:
-                best_state = copy.deepcopy(trainer.model.state_dict())
-        else:
-            stale += 1
-            if config.patience and stale >= config.patience:
-                break
-    kept = last
-    if config.patience and best_state:
-        trainer.model.load_state_dict(best_state)
-        kept = best
-    trainer.model.eval()
+    result = fit(config, data, device, keep_best=bool(config.patience))
+    kept = result.best if config.patience or not result.history else result.history[-1]
     row: dict[str, Any] = {
         "val_acc": kept.get("val_acc", 0.0), "val_macro_f1": kept.get("val_macro_f1", 0.0),
-        "best_val_acc": best.get("val_acc", 0.0), "best_epoch": int(best.get("epoch", 0)),
-        "epochs_run": trainer.epoch, "seconds": time.perf_counter() - start}
-    for name, scores in score_splits(trainer.model, data.tests, device).items():
+        "best_val_acc": result.best.get("val_acc", 0.0),
+        "best_epoch": int(result.best.get("epoch", 0)), "epochs_run": len(result.history),
+        "seconds": time.perf_counter() - start}
+    for name, scores in score_splits(result.model, data.tests, device).items():
         row[f"test_acc.{name}"] = scores["acc"]
         row[f"test_macro_f1.{name}"] = scores["macro_f1"]
     return row
@@ -127,39 +109,9 @@ def run_ablation(config: TrainConfig, data: FerData, seeds: int, patience: int,
     return pd.DataFrame(rows)
 
 
-def summarize(runs: pd.DataFrame, text: bool = True) -> pd.DataFrame:
-    """Per variant (in run order): mean and std over seeds of val/test accuracy, epochs run
-    and seconds. text=True: one 'mean ± std' string per metric (accuracies in %);
-    text=False: numeric '<metric> mean' and '<metric> std' columns (accuracies as fractions).
-    """
-    metrics = [m for m in ("val_acc", *sorted(c for c in runs.columns
-                                              if c.startswith("test_acc.")),
-                           "epochs_run", "seconds") if m in runs.columns]
-    order = list(dict.fromkeys(runs["variant"]))
-    grouped = runs.groupby("variant", sort=False)[metrics]
-    mean, std = grouped.mean().loc[order], grouped.std(ddof=1).loc[order]
-    if not text:
-        table = pd.concat({f"{m} mean": mean[m] for m in metrics} |
-                          {f"{m} std": std[m] for m in metrics}, axis=1)
-        table["seeds"] = runs.groupby("variant", sort=False).size().loc[order]
-        return table
-    table = pd.DataFrame(index=pd.Index(order, name="variant"))
-    for m in metrics:
-        scale, fmt = (100.0, "{:.1f} ± {:.1f}") if "acc" in m else (1.0, "{:.1f} ± {:.1f}")
-        label = {"val_acc": "val acc %", "epochs_run": "epochs run", "seconds": "seconds"}.get(
-            m, f"{m.removeprefix('test_acc.')} acc %" if m.startswith("test_acc.") else m)
-        table[label] = [fmt.format(scale * a, scale * (0.0 if np.isnan(b) else b))
-                        for a, b in zip(mean[m], std[m], strict=True)]
-    table["seeds"] = runs.groupby("variant", sort=False).size().loc[order].to_numpy()
-    return table
-
-
 def write_outputs(runs: pd.DataFrame, out: Path, header: str) -> pd.DataFrame:
     """ablation.csv, ablation.md and ablation.png in ``out`` (a temp folder that replaces it
     when all three are written); returns the text summary."""
-    from fer_ray.report.document import markdown_table
-    from fer_ray.report.figures import plot_ablation
-
     with storage.replace_dir(out, ABLATION_FILES) as tmp:
         runs.to_csv(tmp / "ablation.csv", index=False)
         table = summarize(runs)
@@ -194,12 +146,11 @@ def ablate_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds: {args.seeds} must be at least 1")
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs: {args.epochs} must be at least 1")
-    flags = argparse.Namespace(
-        preset=args.preset or "small", config=args.config, epochs=args.epochs, patience=None,
-        seed=None, batch_size=None, lr=None, data=args.data, val_fraction=None,
-        subsample=args.subsample, synthetic_size=args.synthetic_size, precision=None)
     # Preset, then --config, then flags, as fer_ray.train; checked before data is loaded.
-    config = check_config(resolve_config(flags), FLAG_KEYS)
+    preset = args.preset or "small"
+    config = check_config(resolve_config(preset, args.config, {
+        "epochs": args.epochs, "data": {"path": args.data, "subsample": args.subsample,
+                                        "synthetic_size": args.synthetic_size}}), FLAG_KEYS)
     check_model(config.model)
     patience = args.patience if args.patience is not None else max(2, config.epochs // 4)
     if patience < 1:
@@ -219,7 +170,7 @@ def ablate_main(args: argparse.Namespace) -> int:
           f"{', '.join(f'{k} {len(v):,}' for k, v in data.tests.items()) or 'none'}; "
           f"{n_runs} runs of {config.epochs} epochs on {device}", flush=True)
     runs = run_ablation(config, data, args.seeds, patience, device)
-    source = f"config `{args.config}`" if args.config else f"preset `{flags.preset}`"
+    source = f"config `{args.config}`" if args.config else f"preset `{preset}`"
     header = (f"Network: {source}, filters {list(config.model.filters)}; {config.epochs} "
               f"epochs; seeds 0..{args.seeds - 1}; data {data.source} (train "
               f"{len(data.train):,}, val {len(data.val):,}). Accuracies in %, mean ± std "

@@ -9,6 +9,7 @@ local cache first. No Ray import.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -145,6 +146,8 @@ def replace_dir(directory: str | os.PathLike[str], owned: Sequence[str]) -> Iter
         except OSError as exc:  # a full disk while writing: the previous folder stays
             raise DataError(f"{what}: cannot write ({exc.strerror or exc})") from None
         check_replaceable(target, owned, what)
+        if target.exists() and _exchange(tmp, target):
+            return  # the old folder is now at tmp, removed below; the target never vanished
         with suppress(FileNotFoundError):
             os.replace(target, old)
         try:
@@ -158,6 +161,22 @@ def replace_dir(directory: str | os.PathLike[str], owned: Sequence[str]) -> Iter
         shutil.rmtree(tmp, ignore_errors=True)
         if target.exists():  # never drop the previous folder while nothing replaced it
             shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE), so a reader of ``b``
+    always finds a whole folder. False where the system or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd = -100  # AT_FDCWD: the paths are absolute anyway
+    return int(renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b),
+                         _RENAME_EXCHANGE)) == 0
 
 
 def make_dirs(folder: str | os.PathLike[str]) -> list[Path]:
@@ -180,22 +199,44 @@ def remove_created(created: Sequence[Path]) -> None:
 
 
 def fetch_dir(location: str) -> Path:
-    """A local folder holding ``location``: itself, or a cached copy of a remote folder."""
+    """A local folder holding ``location``: itself, or a cached copy of a remote folder.
+
+    The copy is kept with a stamp of the remote listing (every file's path, size and
+    modification time) and fetched again when the remote folder changed, e.g. an ensemble
+    rebuilt at the same URI. A new copy is made beside the old one and then swapped in.
+    """
     if not is_uri(location):
         return Path(location)
     local = CACHE / hashlib.sha256(location.encode()).hexdigest()[:20]
-    if not (local / ".complete").exists():
-        fs, remote = _filesystem(location)
+    fs, remote = _filesystem(location)
+    try:
+        if fs.get_file_info(remote).type != pafs.FileType.Directory:
+            raise FileNotFoundError(f"no folder at {location}")
+        stamp = _listing_stamp(fs, remote)
+        if (local / ".complete").is_file() and (local / ".complete").read_text() == stamp:
+            return local
+        fresh = _temp_sibling(local)
+        fresh.mkdir(parents=True)
         try:
-            if fs.get_file_info(remote).type != pafs.FileType.Directory:
-                raise FileNotFoundError(f"no folder at {location}")
-            local.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(remote, str(local), source_filesystem=fs,
+            pafs.copy_files(remote, str(fresh), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())
-        except OSError as exc:
-            raise DataError(f"{location}: cannot fetch ({reason(exc)})") from None
-        (local / ".complete").touch()
+            (fresh / ".complete").write_text(stamp)
+            if local.exists():
+                shutil.rmtree(local, ignore_errors=True)
+            fresh.rename(local)
+        finally:  # a failed copy, or another process that swapped its copy in first
+            shutil.rmtree(fresh, ignore_errors=True)
+    except OSError as exc:
+        raise DataError(f"{location}: cannot fetch ({reason(exc)})") from None
     return local
+
+
+def _listing_stamp(fs: pafs.FileSystem, remote: str) -> str:
+    """A hash of every file under ``remote``: relative path, size, modification time."""
+    infos = fs.get_file_info(pafs.FileSelector(remote, recursive=True))
+    rows = sorted(f"{i.path.removeprefix(remote)}\t{i.size}\t{i.mtime_ns}"
+                  for i in infos if i.type == pafs.FileType.File)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 def upload_dir(local: Path, location: str) -> None:

@@ -31,14 +31,13 @@ from ray import tune
 from fer_ray.config import TrainConfig
 from fer_ray.data import Split
 from fer_ray.errors import ConfigError
-from fer_ray.models.io import WEIGHTS, load_weights, read_config, save_model
+from fer_ray.experiment import TrialStatus
+from fer_ray.models.io import VAL_LABELS, VAL_PROBS, WEIGHTS, load_weights, read_config, save_model
 from fer_ray.search.results import split_trial_number, trial_seed
 from fer_ray.space import SearchSpace, check_architecture
 from fer_ray.train.loop import DeadlinePlanner, Trainer
 
 TRAINER_STATE = "trainer_state.pt"
-VAL_PROBS = "val_probs.npy"
-VAL_LABELS = "val_labels.npy"
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
         config = trial_config(params, setup)
         check_architecture(config)
     except ConfigError as exc:
-        _report_terminal("invalid", 0, {"error": str(exc)})
+        _report_terminal(TrialStatus.INVALID, 0, {"error": str(exc)})
         return
 
     # Arrays from the object store are read-only views; the trainer copies them to its device.
@@ -159,7 +158,7 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
     except torch.cuda.OutOfMemoryError as exc:
         # A config that does not fit never will: report it once, no retry; the search goes on.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        _report_terminal("oom", trainer.epoch if trainer else 0,
+        _report_terminal(TrialStatus.OOM, trainer.epoch if trainer else 0,
                          {"error": f"CUDA out of memory: {first}"[:300]})
     finally:
         # A reused actor trains the next trial next: free this one's model, optimizer and
@@ -191,7 +190,8 @@ def _train_trial(trainer: Trainer, params: dict[str, Any], setup: TrialSetup,
                        cuda_initialized=torch.cuda.is_initialized())
         if not math.isfinite(metrics["train_loss"]):
             # A NaN/inf loss never recovers: stop now, without a checkpoint of broken weights.
-            _report_terminal("diverged", trainer.epoch, {"train_loss": metrics["train_loss"]})
+            _report_terminal(TrialStatus.DIVERGED, trainer.epoch,
+                             {"train_loss": metrics["train_loss"]})
             return
         if planner is not None:
             planner.after_epoch()

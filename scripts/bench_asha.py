@@ -35,7 +35,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from fer_ray.data import FerData
-from fer_ray.search.settings import SearchSettings, base_config, load_search_data
+from fer_ray.experiment import SearchSettings, base_config, load_search_data
 from fer_ray.search.tuner import build_trainable, init_ray, run_config
 from fer_ray.space import SearchSpace, load_space
 

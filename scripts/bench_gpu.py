@@ -44,7 +44,7 @@ from bench_overhead import fixed_space  # a space with nothing to sample
 
 from fer_ray.config import DataConfig, TrainConfig, merge
 from fer_ray.data import FerData, load_data
-from fer_ray.search.settings import SearchSettings
+from fer_ray.experiment import SearchSettings
 from fer_ray.search.tuner import build_trainable, init_ray, run_config
 from fer_ray.train import Trainer, get_preset
 
@@ -148,7 +148,7 @@ def concurrent_rate(frames: list[Any], images_per_epoch: int) -> float:
 def search(args: argparse.Namespace, gpu: bool) -> dict[str, Any]:
     """A time-budgeted search, then its ensemble; PublicTest accuracy of both."""
     from fer_ray.ensemble.cli import build_and_save
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     cpus = os.cpu_count() or 1
     gpt = args.search_gpus_per_trial

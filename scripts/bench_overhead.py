@@ -102,7 +102,7 @@ def trial_run(config: TrainConfig, data: FerData, epochs: int, threads: int, sto
     """The same training as one Ray Tune trial; per-epoch figures from its reported results."""
     from ray import tune
 
-    from fer_ray.search.settings import SearchSettings
+    from fer_ray.experiment import SearchSettings
     from fer_ray.search.tuner import build_trainable, run_config
 
     settings = SearchSettings(num_samples=1, max_epochs=epochs, cpus_per_trial=threads,
@@ -161,7 +161,7 @@ def main() -> None:
           f"{args.epochs} epochs x {args.rounds} rounds, {args.threads} threads, "
           f"torch {torch.__version__}", flush=True)
 
-    from fer_ray.search.settings import SearchSettings
+    from fer_ray.experiment import SearchSettings
     from fer_ray.search.tuner import init_ray
 
     t0 = time.perf_counter()

@@ -12,6 +12,16 @@ from fer_ray.config import DataConfig
 from fer_ray.data import FerData, RawDataset, prepare
 from fer_ray.data.synthetic import make_synthetic
 
+RAY_FIXTURES = {"ray_local", "smoke_experiment"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start Ray through a fixture get the ``ray`` marker (modules that start it
+    in subprocesses set ``pytestmark``), so ``-m "not slow and not ray"`` is a quick loop."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
 
 @pytest.fixture(scope="session")
 def fer2013_dir() -> Path:
@@ -53,8 +63,8 @@ SMOKE_SEARCH = {"space": "smoke", "synthetic_size": 600, "max_epochs": 3, "grace
 @pytest.fixture(scope="session")
 def smoke_experiment(ray_local, tmp_path_factory):  # type: ignore[no-untyped-def]
     """A finished 5-trial smoke search (real Ray, real training): (folder, search record)."""
-    from fer_ray.search.experiment import run_experiment
-    from fer_ray.search.settings import SearchSettings
+    from fer_ray.experiment import SearchSettings
+    from fer_ray.search.run import run_experiment
 
     storage = tmp_path_factory.mktemp("search")
     record = run_experiment(SearchSettings(**{**SMOKE_SEARCH, "storage": str(storage)}))

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fer_ray.ablate import main, summarize, variants
+from fer_ray.ablate import main, variants
 from fer_ray.data.synthetic import make_synthetic
+from fer_ray.report.analysis import summarize
 from fer_ray.train.presets import get_preset
 
 

@@ -46,6 +46,7 @@ def test_bench_augment_quick() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_bench_overhead_quick(tmp_path: Path) -> None:
     out = run_script("bench_overhead.py", "--quick", "--storage", str(tmp_path))
     assert "ratio trial/bare train epoch_seconds:" in out
@@ -54,6 +55,7 @@ def test_bench_overhead_quick(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_bench_asha_quick(tmp_path: Path) -> None:
     out = run_script("bench_asha.py", "--quick", "--storage", str(tmp_path))
     assert "ratio ASHA/FIFO epochs:" in out
@@ -64,6 +66,7 @@ def test_bench_asha_quick(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_bench_gpu_cpu_fallback(tmp_path: Path) -> None:
     out_json = tmp_path / "bench_gpu.json"
     out = run_script("bench_gpu.py", "--quick", "--data", "synthetic", "--storage",
@@ -93,6 +96,7 @@ def test_forward_flops_matches_seed_hw3() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_bench_quality_quick(tmp_path: Path) -> None:
     """Baseline and search, one minute each on synthetic faces: the side-by-side table."""
     out = run_script("bench_quality.py", "--quick", "--storage", str(tmp_path), timeout=400)

@@ -16,8 +16,10 @@ import pandas as pd
 import pytest
 
 from fer_ray.config import TrainConfig, from_dict
-from fer_ray.search.settings import DEFAULT_TRIALS, SearchSettings
+from fer_ray.experiment import DEFAULT_TRIALS, SearchSettings
 from fer_ray.space import load_space
+
+pytestmark = pytest.mark.ray  # these tests run searches: Ray in-process or in a subprocess
 
 SMOKE = {"space": "smoke", "synthetic_size": 600, "max_epochs": 3, "grace_period": 1}
 POINTS_SPACE = """
@@ -77,7 +79,7 @@ def test_budgeted_search_ends_in_time_with_more_trials_and_an_ensemble(tmp_path:
 
 
 def test_space_points_run_first(ray_local: Any, tmp_path: Path) -> None:
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     space_file = tmp_path / "points.yaml"
     space_file.write_text(POINTS_SPACE)
@@ -93,7 +95,7 @@ def test_space_points_run_first(ray_local: Any, tmp_path: Path) -> None:
 
 def test_warm_start_reruns_the_best_and_tells_tpe_the_rest(ray_local: Any,
                                                            tmp_path: Path) -> None:
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     first = SearchSettings(**{**SMOKE, "num_samples": 4, "storage": str(tmp_path),
                               "name": "first"})

@@ -18,8 +18,8 @@ import torch
 from fer_ray.config import merge
 from fer_ray.data import load_data
 from fer_ray.ensemble.model import Ensemble, Member
+from fer_ray.experiment import SearchSettings
 from fer_ray.models.io import load_model
-from fer_ray.search.settings import SearchSettings
 from fer_ray.train import fit, get_preset
 from fer_ray.trainable import trial_device
 
@@ -38,7 +38,7 @@ def test_checkpoint_probabilities_equal_what_predict_computes(
         smoke_experiment: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     """One precision: the validation probabilities a trial stored (fp32 evaluation) are what
     ``python -m fer_ray.predict`` computes for the same images, to 1e-5, on the CPU."""
-    from fer_ray.search.settings import load_search_data
+    from fer_ray.experiment import load_search_data
 
     path, _ = smoke_experiment
     best = pd.read_parquet(path / "results.parquet").iloc[0]["best_checkpoint"]
@@ -62,7 +62,7 @@ def test_cuda_out_of_memory_ends_the_trial_as_oom_and_the_search_goes_on(
         ray_local: Any, tmp_path: Path) -> None:
     """An OOM is reported once (status oom, a clear message) and never retried: the same
     config would not fit the second time either."""
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     record = run_experiment(SearchSettings(**{**SMOKE, "num_samples": 2, "max_failures": 2,
                                               "storage": str(tmp_path), "name": "exp"}),
@@ -91,7 +91,7 @@ def test_parallel_cpu_streams_give_the_probabilities_of_one_stream(small_data: A
 @pytest.mark.gpu
 def test_half_a_gpu_per_trial_runs_two_trials_at_once_on_the_gpu(ray_gpu: Any,
                                                                  tmp_path: Path) -> None:
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     run_experiment(SearchSettings(**{**SMOKE, "num_samples": 2, "gpus_per_trial": 0.5,
                                      "storage": str(tmp_path), "name": "exp"}))
@@ -109,7 +109,7 @@ def test_half_a_gpu_per_trial_runs_two_trials_at_once_on_the_gpu(ray_gpu: Any,
 @cuda
 @pytest.mark.gpu
 def test_cpu_trials_leave_the_gpu_untouched(ray_gpu: Any, tmp_path: Path) -> None:
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     run_experiment(SearchSettings(**{**SMOKE, "num_samples": 2, "gpus_per_trial": 0.0,
                                      "storage": str(tmp_path), "name": "exp"}))

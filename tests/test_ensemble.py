@@ -16,8 +16,8 @@ from fer_ray.ensemble.build import build_ensemble
 from fer_ray.ensemble.cli import main
 from fer_ray.ensemble.model import Ensemble
 from fer_ray.errors import DataError
+from fer_ray.experiment import SearchSettings, load_search_data
 from fer_ray.metrics import accuracy, log_loss
-from fer_ray.search.settings import SearchSettings, load_search_data
 
 Experiment = tuple[Path, dict[str, Any]]
 

@@ -17,10 +17,10 @@ from support.cli import assert_refused, fifo, run, snapshot
 
 from fer_ray.config import TrainConfig
 from fer_ray.data import fingerprint
+from fer_ray.experiment import SearchSettings, load_search_data
 from fer_ray.models import create_model
 from fer_ray.models.io import save_model
 from fer_ray.models.vgg_fer import MODEL_PRESETS
-from fer_ray.search.settings import SearchSettings, load_search_data
 
 
 @pytest.fixture()

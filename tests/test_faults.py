@@ -17,10 +17,10 @@ import torch
 from fer_ray.ensemble.build import build_ensemble
 from fer_ray.ensemble.model import Ensemble, Member
 from fer_ray.errors import DataError
+from fer_ray.experiment import SearchSettings
 from fer_ray.models import create_model
 from fer_ray.search.cli import main as search_main
 from fer_ray.search.results import write_parquet
-from fer_ray.search.settings import SearchSettings
 
 SUPPORT = Path(__file__).parent / "support"
 
@@ -33,7 +33,7 @@ def _smoke(tmp_path: Path, **kw: Any) -> SearchSettings:
 
 def test_diverging_trials_stop_at_once_and_never_enter_an_ensemble(ray_local: Any,
                                                                     tmp_path: Path) -> None:
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     space = tmp_path / "diverge.yaml"
     space.write_text(
@@ -57,7 +57,7 @@ def test_diverging_trials_stop_at_once_and_never_enter_an_ensemble(ray_local: An
 
 def test_a_trial_that_keeps_crashing_is_recorded_as_errored(ray_local: Any,
                                                             tmp_path: Path) -> None:
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     record = run_experiment(_smoke(tmp_path, max_failures=1), fault=(1, "always"))
     df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
@@ -180,6 +180,7 @@ def _cluster_search(storage: Path, *flags: str) -> subprocess.CompletedProcess[s
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_trials_land_on_both_nodes_of_a_real_cluster(tmp_path: Path) -> None:
     proc = _cluster_search(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -189,6 +190,7 @@ def test_trials_land_on_both_nodes_of_a_real_cluster(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_lost_worker_nodes_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     proc = _cluster_search(tmp_path, "--kill-worker")
     assert proc.returncode == 0, proc.stderr[-3000:]

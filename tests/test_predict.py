@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from fer_ray.ensemble.build import build_ensemble
+from fer_ray.experiment import SearchSettings, load_search_data
 from fer_ray.metrics import accuracy
 from fer_ray.predict import main
-from fer_ray.search.settings import SearchSettings, load_search_data
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_predict_does_not_import_ray() -> None:
 
 
 def test_search_settings_load_without_ray() -> None:
-    code = ("import sys; from fer_ray.search.settings import load_search_data; "
+    code = ("import sys; from fer_ray.experiment import load_search_data; "
             "sys.exit('ray' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
     assert SearchSettings().space == "small" and load_search_data is not None

@@ -14,16 +14,18 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from PIL import Image
 
-from fer_ray.report.cli import launch_order, main
-from fer_ray.report.document import (
-    Document,
+from fer_ray.experiment import USABLE
+from fer_ray.report.analysis import (
     confusion_sentence,
-    markdown_table,
+    ensemble_size_curve,
     most_confused_pairs,
+    param_importances,
     per_class_table,
+    rebuild_study,
 )
-from fer_ray.report.figures import ensemble_size_curve, param_importances, rebuild_study
-from fer_ray.search.results import USABLE
+from fer_ray.report.cli import main
+from fer_ray.report.document import Document, markdown_table
+from fer_ray.report.inputs import launch_order
 
 Experiment = tuple[Path, dict[str, Any]]
 

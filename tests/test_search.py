@@ -16,11 +16,13 @@ import pandas as pd
 import pytest
 
 from fer_ray.config import TrainConfig, from_dict
+from fer_ray.experiment import SearchSettings
 from fer_ray.metrics import accuracy
 from fer_ray.models.io import load_model
 from fer_ray.search.cli import main
-from fer_ray.search.settings import SearchSettings
 from fer_ray.train.loop import predict_logits
+
+pytestmark = pytest.mark.ray  # these tests run searches: Ray in-process or in a subprocess
 
 SMOKE = {"space": "smoke", "synthetic_size": 600, "max_epochs": 3, "grace_period": 1,
          "num_samples": 4}
@@ -49,7 +51,7 @@ def test_results_have_one_row_per_trial(smoke_experiment: tuple[Path, dict[str, 
 
 def test_best_checkpoints_reproduce_their_validation_accuracy(
         smoke_experiment: tuple[Path, dict[str, Any]]) -> None:
-    from fer_ray.search.settings import load_search_data
+    from fer_ray.experiment import load_search_data
 
     path, _ = smoke_experiment
     df = pd.read_parquet(path / "results.parquet")
@@ -68,7 +70,7 @@ def test_best_checkpoints_reproduce_their_validation_accuracy(
 
 def test_crashed_trials_retry_from_their_checkpoint(ray_local: Any, tmp_path: Path) -> None:
     """Every trial raises once after epoch 1; with max_failures it resumes at epoch 1."""
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     run_experiment(_settings(tmp_path, num_samples=2, grace_period=3, max_failures=1),
                    fault=(1, "once"))
@@ -81,7 +83,7 @@ def test_crashed_trials_retry_from_their_checkpoint(ray_local: Any, tmp_path: Pa
 
 
 def test_time_budget_stops_launching_trials(ray_local: Any, tmp_path: Path) -> None:
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     record = run_experiment(_settings(tmp_path, num_samples=50, time_budget=0.4))
     assert 1 <= sum(record["trials"].values()) < 50
@@ -91,7 +93,7 @@ def test_time_budget_stops_launching_trials(ray_local: Any, tmp_path: Path) -> N
 def test_a_budget_too_short_for_any_trial_is_one_clear_error(ray_local: Any,
                                                               tmp_path: Path) -> None:
     from fer_ray.errors import DataError
-    from fer_ray.search.experiment import run_experiment
+    from fer_ray.search.run import run_experiment
 
     with pytest.raises(DataError, match=r"no trial started within --time-budget 0.01 min"):
         run_experiment(_settings(tmp_path, time_budget=0.01))
@@ -167,8 +169,8 @@ def test_object_store_storage_end_to_end(ray_local: Any, tmp_path: Path) -> None
     """A URI --storage (file:// here; s3:// and gs:// take the same pyarrow path)."""
     from fer_ray.ensemble.cli import build_and_save
     from fer_ray.ensemble.model import Ensemble
-    from fer_ray.search.experiment import run_experiment
-    from fer_ray.search.settings import read_results
+    from fer_ray.experiment import read_results
+    from fer_ray.search.run import run_experiment
     from fer_ray.storage import fetch_dir
 
     uri = f"file://{tmp_path}/bucket"

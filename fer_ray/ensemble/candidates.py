@@ -20,16 +20,17 @@ from fer_ray import storage
 from fer_ray.data import FerData, fingerprint
 from fer_ray.ensemble.model import Ensemble, Member
 from fer_ray.errors import DataError
-from fer_ray.models.io import load_model
-from fer_ray.search.results import USABLE
-from fer_ray.search.settings import (
+from fer_ray.experiment import (
+    USABLE,
     SearchSettings,
+    TrialStatus,
     checkpoint_location,
     load_search_data,
     read_results,
     read_search_json,
     settings_from_record,
 )
+from fer_ray.models.io import VAL_LABELS, VAL_PROBS, load_model
 from fer_ray.train.loop import resolve_device
 
 
@@ -121,7 +122,7 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
         members.append(member)
         probas.append(stored)
         row = ckpt["row"]
-        first_rung.append(row["status"] == "early_stopped"
+        first_rung.append(row["status"] == TrialStatus.EARLY_STOPPED
                           and int(row["epochs_run"]) <= settings.grace())
         chosen_rows.append(row)
     return Candidates(pd.DataFrame(chosen_rows).reset_index(drop=True), members, data,
@@ -140,7 +141,7 @@ def _load_candidate(ckpt: dict[str, Any], data: FerData) -> tuple[Member, np.nda
                     {"trial_id": trial_id, "val_acc": float(ckpt.get("val_acc", row["val_acc"])),
                      "epoch": int(ckpt["epoch"]), "best_epoch": int(row["best_epoch"]),
                      "checkpoint": str(folder)})
-    stored = np.load(folder / "val_probs.npy")
-    if not np.array_equal(np.load(folder / "val_labels.npy"), np.asarray(data.val.labels)):
+    stored = np.load(folder / VAL_PROBS)
+    if not np.array_equal(np.load(folder / VAL_LABELS), np.asarray(data.val.labels)):
         raise DataError(f"{folder}: validation labels differ from the experiment's split")
     return member, stored

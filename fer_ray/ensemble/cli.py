@@ -13,8 +13,8 @@ from fer_ray.ensemble.build import VARIANTS, BuildResult, build_ensemble
 from fer_ray.ensemble.model import ENSEMBLE_FILES
 from fer_ray.ensemble.record import MAX_MEMBERS
 from fer_ray.errors import ConfigError
+from fer_ray.experiment import read_search_json
 from fer_ray.paths import check_output_dir, require_file_or_folder
-from fer_ray.search.settings import read_search_json
 
 
 def format_result(result: BuildResult, top_k: int) -> str:

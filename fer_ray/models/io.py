@@ -24,6 +24,9 @@ from fer_ray.paths import read_json, require_file
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+# Beside the weights of a trained model (a train run's output, a search checkpoint):
+VAL_PROBS = "val_probs.npy"  # (N_val, 7) float32 softmax on validation, fp32 evaluation
+VAL_LABELS = "val_labels.npy"  # (N_val,) int64, to check they belong to the same split
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

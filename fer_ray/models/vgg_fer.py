@@ -21,7 +21,7 @@ from torch import nn
 
 from fer_ray.config import ModelConfig, from_dict
 from fer_ray.errors import ConfigError
-from fer_ray.models.registry import register_model
+from fer_ray.models.registry import create_model, list_models, register_model
 from fer_ray.models.shapes import conv_output_size
 
 MIN_BLOCKS, MAX_BLOCKS = 2, 6
@@ -247,7 +247,12 @@ for _name, _preset in MODEL_PRESETS.items():
 
 
 def build_model(config: ModelConfig) -> VGGFer:
-    """The model a resolved config describes (``config.name`` must be a vgg_fer variant)."""
-    if config.name != "vgg_fer" and config.name not in MODEL_PRESETS:
+    """The model a resolved config describes, built by the registry's factory for
+    ``config.name`` (a vgg_fer variant) with every other field as a hyperparameter."""
+    if config.name not in list_models():
         raise ConfigError(f"model.name: unknown model {config.name!r}")
-    return VGGFer(config)
+    hparams = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if f.name != "name"}
+    model = create_model(config.name, **hparams)
+    assert isinstance(model, VGGFer)
+    return model

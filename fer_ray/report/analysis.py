@@ -213,3 +213,30 @@ def variant_table(info: dict[str, Any]) -> pd.DataFrame:
     table = pd.DataFrame(columns)
     table.index.name = "variant"
     return table
+
+
+def summarize(runs: pd.DataFrame, text: bool = True) -> pd.DataFrame:
+    """Per variant (in run order): mean and std over seeds of val/test accuracy, epochs run
+    and seconds. text=True: one 'mean ± std' string per metric (accuracies in %);
+    text=False: numeric '<metric> mean' and '<metric> std' columns (accuracies as fractions).
+    """
+    metrics = [m for m in ("val_acc", *sorted(c for c in runs.columns
+                                              if c.startswith("test_acc.")),
+                           "epochs_run", "seconds") if m in runs.columns]
+    order = list(dict.fromkeys(runs["variant"]))
+    grouped = runs.groupby("variant", sort=False)[metrics]
+    mean, std = grouped.mean().loc[order], grouped.std(ddof=1).loc[order]
+    if not text:
+        table = pd.concat({f"{m} mean": mean[m] for m in metrics} |
+                          {f"{m} std": std[m] for m in metrics}, axis=1)
+        table["seeds"] = runs.groupby("variant", sort=False).size().loc[order]
+        return table
+    table = pd.DataFrame(index=pd.Index(order, name="variant"))
+    for m in metrics:
+        scale, fmt = (100.0, "{:.1f} ± {:.1f}") if "acc" in m else (1.0, "{:.1f} ± {:.1f}")
+        label = {"val_acc": "val acc %", "epochs_run": "epochs run", "seconds": "seconds"}.get(
+            m, f"{m.removeprefix('test_acc.')} acc %" if m.startswith("test_acc.") else m)
+        table[label] = [fmt.format(scale * a, scale * (0.0 if np.isnan(b) else b))
+                        for a, b in zip(mean[m], std[m], strict=True)]
+    table["seeds"] = runs.groupby("variant", sort=False).size().loc[order].to_numpy()
+    return table

@@ -13,7 +13,6 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,15 +20,19 @@ import pandas as pd
 from fer_ray.data import CLASS_NAMES, class_distribution
 from fer_ray.metrics import confusion_matrix, per_class_scores
 from fer_ray.report import analysis, figures
-from fer_ray.report.analysis import (  # also importable from here, as before the move
+from fer_ray.report.analysis import (
     confusion_sentence,
     most_confused_pairs,
     per_class_table,
     variant_table,
 )
-
-if TYPE_CHECKING:
-    from fer_ray.report.cli import Inputs
+from fer_ray.report.inputs import (
+    Inputs,
+    launch_order,
+    log_columns,
+    stored_val_probas,
+    usable,
+)
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
 color:#222;line-height:1.45}table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
@@ -288,8 +291,6 @@ def _training_section(doc: Document, inp: Inputs, out: Path) -> None:
 
 
 def _search_section(doc: Document, inp: Inputs, out: Path) -> None:
-    from fer_ray.report.cli import launch_order, log_columns, usable
-
     doc.heading("4. The search")
     results = inp.results.copy()
     results["order"] = launch_order(results, inp.histories)
@@ -317,8 +318,6 @@ def _search_section(doc: Document, inp: Inputs, out: Path) -> None:
 
 
 def _ensemble_section(doc: Document, inp: Inputs, out: Path) -> None:
-    from fer_ray.report.cli import stored_val_probas
-
     doc.heading("5. The ensemble")
     probas, labels, names = stored_val_probas(inp)
     e = inp.ensemble
@@ -362,12 +361,10 @@ def _ensemble_section(doc: Document, inp: Inputs, out: Path) -> None:
 
 
 def _ablation_section(doc: Document, out: Path, csv: Path) -> None:
-    from fer_ray.ablate import summarize
-
     doc.heading("6. Ablation: augmentation and early stopping")
     try:
         runs = pd.read_csv(csv)
-        table = summarize(runs)
+        table = analysis.summarize(runs)
     except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
         doc.note(f"{csv}: unreadable ablation table ({exc})")
         return
@@ -377,7 +374,7 @@ def _ablation_section(doc: Document, out: Path, csv: Path) -> None:
     doc.table(table)
     png = csv.with_name("ablation.png")
     if not png.is_file():
-        png = figures.plot_ablation(summarize(runs, text=False), out / "ablation.png")
+        png = figures.plot_ablation(analysis.summarize(runs, text=False), out / "ablation.png")
     doc.image(png, "Ablation: accuracy per variant (error bars: std over seeds).")
 
 

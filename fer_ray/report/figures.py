@@ -30,16 +30,10 @@ from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.calibration import expected_calibration_error, reliability_curve
 from fer_ray.ensemble.decision import accuracy_coverage_curve, confidence
 from fer_ray.metrics import accuracy
-
-# Moved to fer_ray.report.analysis; re-exported so ``from fer_ray.report.figures import ...``
-# keeps working.
-from fer_ray.report.analysis import as_category as as_category
-from fer_ray.report.analysis import ensemble_size_curve as ensemble_size_curve
-from fer_ray.report.analysis import is_categorical as is_categorical
-from fer_ray.report.analysis import log_scaled as log_scaled
-from fer_ray.report.analysis import param_importances as param_importances
-from fer_ray.report.analysis import rebuild_study as rebuild_study
-from fer_ray.report.analysis import varied_params as varied_params
+from fer_ray.report.analysis import (
+    as_category,
+    is_categorical,
+)
 
 DPI = 120
 WIDTH = 8.0  # inches: fits a page at full width

@@ -1,5 +1,5 @@
 """Search: Ray Tune trials over a search space, Optuna TPE proposals, ASHA early stopping."""
 
-from fer_ray.search.settings import SearchSettings
+from fer_ray.experiment import SearchSettings
 
 __all__ = ["SearchSettings"]

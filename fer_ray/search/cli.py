@@ -6,7 +6,7 @@ import argparse
 import time
 
 from fer_ray._cli import ArgumentParser, run_main
-from fer_ray.search.settings import SearchSettings
+from fer_ray.experiment import SearchSettings
 
 DEFAULTS = SearchSettings()
 
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         settings_from_args(args).check()  # bad flags: refused before Ray is even imported
         from fer_ray.ensemble.cli import build_and_save
-        from fer_ray.search.experiment import run_experiment  # imports Ray: after parsing
-        from fer_ray.search.settings import experiment_location
+        from fer_ray.experiment import experiment_location
+        from fer_ray.search.run import run_experiment  # imports Ray: after parsing
 
         record = run_experiment(settings_from_args(args), resume=args.resume, started=started)
         # The search ends with its ensemble, chosen on validation, scored once on the tests,

@@ -25,11 +25,9 @@ import torch
 
 from fer_ray import storage
 from fer_ray.errors import ConfigError, reason
+from fer_ray.experiment import SEARCH_JSON, TRIAL_PREFIX, SearchSettings, trials_that_fit
 from fer_ray.paths import check_creatable, shown
-from fer_ray.search.settings import SEARCH_JSON, SearchSettings, trials_that_fit
 from fer_ray.search.tuner import _max_concurrent, init_ray
-
-TRIAL_PREFIX = "trial_"  # a trial's folder (search/tuner.py names them): results to keep
 
 
 def _occupied(folder: Path) -> bool:

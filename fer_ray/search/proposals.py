@@ -18,8 +18,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from fer_ray.config import TrainConfig, from_dict
 from fer_ray.errors import ConfigError, DataError
-from fer_ray.search.results import TRIAL_NUMBER, USABLE
-from fer_ray.search.settings import SearchSettings, read_results
+from fer_ray.experiment import USABLE, SearchSettings, read_results
+from fer_ray.search.results import TRIAL_NUMBER
 from fer_ray.space import SearchSpace
 
 STUDY_NAME = "fer-ray"

@@ -17,13 +17,8 @@ import pandas as pd
 
 from fer_ray import storage
 from fer_ray.config import TrainConfig, to_dict
+from fer_ray.experiment import TRIAL_PREFIX, USABLE, TrialStatus
 from fer_ray.space import SearchSpace
-
-# Statuses in results.parquet: completed (ran its planned epochs), early_stopped (by ASHA),
-# out_of_time (cut by the deadline), diverged, invalid, oom (CUDA out of memory), error.
-# Only the first three may enter an ensemble.
-USABLE = ("completed", "early_stopped", "out_of_time")
-
 
 # The searcher adds its trial number to every trial's params: the trial's seed offset.
 TRIAL_NUMBER = "trial_number"
@@ -51,21 +46,21 @@ def _history(result: Any) -> pd.DataFrame:
 
 def _status(result: Any, history: pd.DataFrame, max_epochs: int, out_of_time: bool) -> str:
     if result.error is not None:
-        return "error"
+        return TrialStatus.ERROR
     flags = set(history.get("status_flag", pd.Series(dtype=str)).dropna())
-    for flag in ("invalid", "diverged", "oom"):
+    for flag in (TrialStatus.INVALID, TrialStatus.DIVERGED, TrialStatus.OOM):
         if flag in flags:
             return flag
     ok = history[history.get("status_flag", "ok") == "ok"] if len(history) else history
     epochs = int(ok["epoch"].max()) if len(ok) else 0
     if epochs == 0:  # nothing trained: cut by the deadline, or failed before epoch 1
-        return "out_of_time" if out_of_time else "error"
+        return TrialStatus.OUT_OF_TIME if out_of_time else TrialStatus.ERROR
     # A budgeted trial may plan fewer epochs than max_epochs, and then completes them.
     planned = int(ok["planned_epochs"].iloc[-1]) if "planned_epochs" in ok \
         and ok["planned_epochs"].notna().any() else max_epochs
     if epochs >= planned:
-        return "completed"
-    return "out_of_time" if out_of_time else "early_stopped"
+        return TrialStatus.COMPLETED
+    return TrialStatus.OUT_OF_TIME if out_of_time else TrialStatus.EARLY_STOPPED
 
 
 def _error_text(result: Any, history: pd.DataFrame) -> str:
@@ -97,7 +92,7 @@ def _column_max(history: pd.DataFrame, column: str, default: float) -> float:
 def _trial_row(result: Any, space: SearchSpace, base: TrainConfig, metric: str, mode: str,
                max_epochs: int, scheme: str, out_of_time: set[str]) -> dict[str, Any]:
     history = _history(result)
-    trial_id = Path(result.path).name.removeprefix("trial_")
+    trial_id = Path(result.path).name.removeprefix(TRIAL_PREFIX)
     status = _status(result, history, max_epochs, trial_id in out_of_time)
     params, number = split_trial_number(dict(result.config or {}))
     ok = history[history["status_flag"] == "ok"] if "status_flag" in history else history

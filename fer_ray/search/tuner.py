@@ -33,13 +33,14 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from fer_ray.search.proposals import WarmStart, build_searcher, warm_start
-from fer_ray.search.settings import (
+from fer_ray.experiment import (
+    TRIAL_PREFIX,
     SearchSettings,
     base_config,
     experiment_location,
     trials_that_fit,
 )
+from fer_ray.search.proposals import WarmStart, build_searcher, warm_start
 from fer_ray.train.loop import pixel_stats
 from fer_ray.trainable import TrialData, TrialSetup, fer_trainable
 
@@ -242,7 +243,7 @@ def build_trainable(settings: SearchSettings, space: SearchSpace, base: TrainCon
 
 
 def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
 def run_config(settings: SearchSettings, printer: SearchPrinter | None = None,

@@ -28,8 +28,8 @@ from fer_ray.space._params import (
     _multiple,
 )
 
-# fer_ray/space/_load.py -> <repo>/search_spaces (the package is one level below fer_ray/)
-SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+# Shipped inside the package (package data), so a wheel install finds the named spaces.
+SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 TOP_LEVEL = ("description", "base", "params", "points")
 # Mirrors fer_ray.models.vgg_fer.MIN_BLOCKS/MAX_BLOCKS (a test checks): importing that module
 # imports torch, and loading a space must stay cheap.

@@ -6,14 +6,13 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fer_ray import storage
 from fer_ray._cli import ArgumentParser, run_main, versions
-from fer_ray.config import TrainConfig, check_config, load_config, merge
+from fer_ray.config import TrainConfig, check_config
 from fer_ray.data import (
     CLASS_NAMES,
     add_test_split,
@@ -22,22 +21,16 @@ from fer_ray.data import (
     load_data,
 )
 from fer_ray.errors import ConfigError
-from fer_ray.models.io import save_model
+from fer_ray.models.io import VAL_LABELS, VAL_PROBS, save_model
 from fer_ray.models.vgg_fer import check_model
 from fer_ray.paths import check_output_dir
 from fer_ray.train.loop import fit, resolve_device, score_splits
-from fer_ray.train.presets import PRESETS, get_preset
+from fer_ray.train.presets import FLAG_KEYS, PRESETS, resolve_config
 
 # What a run folder holds: --out may replace a folder holding only these (an earlier run).
-RUN_FILES = ("model.safetensors", "config.json", "history.csv", "val_probs.npy",
-             "val_labels.npy")
+RUN_FILES = ("model.safetensors", "config.json", "history.csv", VAL_PROBS,
+             VAL_LABELS)
 # Config keys set by a flag, named in range errors.
-FLAG_KEYS = {"epochs": "--epochs", "patience": "--patience", "seed": "--seed",
-             "optim.batch_size": "--batch-size", "optim.lr": "--lr",
-             "data.val_fraction": "--val-fraction", "data.subsample": "--subsample",
-             "data.synthetic_size": "--synthetic-size"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m fer_ray.train",
@@ -67,39 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset, then --config JSON, then individual flags: later wins."""
-    config = get_preset(args.preset)
-    if args.config:
-        config = load_config(args.config, base=config)
-    flags: dict[str, Any] = {
-        "epochs": args.epochs, "patience": args.patience, "seed": args.seed,
-        "precision": args.precision,
-        "optim": {"batch_size": args.batch_size, "lr": args.lr},
-        "data": {"path": args.data, "val_fraction": args.val_fraction,
-                 "subsample": args.subsample, "synthetic_size": args.synthetic_size},
-    }
-    return merge(config, drop_none(flags))
-
-
-def drop_none(tree: dict[str, Any]) -> dict[str, Any]:
-    """Remove unset (None) flags, recursively, so they do not override the config."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            value = drop_none(value)
-        if value is not None and value != {}:
-            out[key] = value
-    return out
-
-
 def check_run(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     """Everything a run was given, checked before data is loaded or anything written:
     (the resolved config, the output folder)."""
     if args.time_budget is not None and not (math.isfinite(args.time_budget)
                                              and args.time_budget > 0):
         raise ConfigError(f"--time-budget: {args.time_budget} minutes must be positive")
-    config = check_config(resolve_config(args), FLAG_KEYS)
+    overrides = {
+        "epochs": args.epochs, "patience": args.patience, "seed": args.seed,
+        "precision": args.precision, "optim": {"batch_size": args.batch_size, "lr": args.lr},
+        "data": {"path": args.data, "val_fraction": args.val_fraction,
+                 "subsample": args.subsample, "synthetic_size": args.synthetic_size},
+    }
+    config = check_config(resolve_config(args.preset, args.config, overrides), FLAG_KEYS)
     check_model(config.model)
     out = Path(args.out or f"runs/train-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     inputs = [p for p in (args.data, args.test, args.config) if p]
@@ -146,8 +119,8 @@ def train_main(args: argparse.Namespace, started: float) -> int:
     with storage.replace_dir(out, RUN_FILES) as tmp:  # all files, or none
         save_model(result.model, tmp, config, extra=record)
         pd.DataFrame(result.history).to_csv(tmp / "history.csv", index=False)
-        np.save(tmp / "val_probs.npy", result.val_probs)
-        np.save(tmp / "val_labels.npy", result.val_labels)
+        np.save(tmp / VAL_PROBS, result.val_probs)
+        np.save(tmp / VAL_LABELS, result.val_labels)
 
     print(f"best val_acc {result.best.get('val_acc', float('nan')):.4f} "
           f"(epoch {int(result.best.get('epoch', 0))}), val_macro_f1 "

@@ -412,12 +412,14 @@ class DeadlinePlanner:
 
 
 def fit(config: TrainConfig, data: FerData, device: torch.device | str | None = None,
-        on_epoch: EpochCallback | None = None, deadline: float | None = None) -> FitResult:
-    """Train ``config.epochs`` epochs (early stopping if ``config.patience``), keep the best.
+        on_epoch: EpochCallback | None = None, deadline: float | None = None,
+        keep_best: bool = True) -> FitResult:
+    """Train ``config.epochs`` epochs (early stopping if ``config.patience``).
 
-    The best epoch is the one with the highest validation accuracy; its weights and
-    validation probabilities are returned. deadline: epoch seconds by which training must
-    end; the run then plans fewer epochs (``FitResult.history[-1]["planned_epochs"]``).
+    keep_best: return the weights and validation probabilities of the best epoch (highest
+    validation accuracy); False keeps the last epoch's (``FitResult.best`` is still the best
+    epoch's metrics). deadline: epoch seconds by which training must end; the run then plans
+    fewer epochs (``FitResult.history[-1]["planned_epochs"]``).
     """
     trainer = Trainer(config, data.train, data.val, device)
     history: list[dict[str, float]] = []
@@ -437,14 +439,17 @@ def fit(config: TrainConfig, data: FerData, device: torch.device | str | None = 
             break  # diverged: more epochs cannot help
         if not best or metrics["val_acc"] > best["val_acc"]:
             best, stale = dict(metrics), 0
-            best_state = copy.deepcopy(trainer.model.state_dict())
-            best_probs = trainer.val_probs
+            if keep_best:
+                best_state = copy.deepcopy(trainer.model.state_dict())
+                best_probs = trainer.val_probs
         else:
             stale += 1
             if config.patience and stale >= config.patience:
                 break
     if best_state:
         trainer.model.load_state_dict(best_state)
+    else:
+        best_probs = trainer.val_probs
     trainer.model.eval()
     return FitResult(
         model=trainer.model, history=history, best=best, val_probs=best_probs,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fer_ray.config import AugmentConfig, OptimConfig, TrainConfig
+from typing import Any
+
+from fer_ray.config import AugmentConfig, OptimConfig, TrainConfig, load_config, merge
 from fer_ray.errors import ConfigError
 from fer_ray.models.vgg_fer import MODEL_PRESETS
 
@@ -27,3 +29,31 @@ def get_preset(name: str) -> TrainConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
+
+
+# Config keys the command lines of train and ablate set, with their flags (for messages).
+FLAG_KEYS = {"epochs": "--epochs", "patience": "--patience", "seed": "--seed",
+             "optim.batch_size": "--batch-size", "optim.lr": "--lr",
+             "data.val_fraction": "--val-fraction", "data.subsample": "--subsample",
+             "data.synthetic_size": "--synthetic-size"}
+
+
+def resolve_config(preset: str, config_file: str | None, overrides: dict[str, Any]
+                   ) -> TrainConfig:
+    """A preset, then a config JSON (``config_file``), then ``overrides`` (a nested dict of
+    config keys; None means unset and is dropped): later wins."""
+    config = get_preset(preset)
+    if config_file:
+        config = load_config(config_file, base=config)
+    return merge(config, _drop_none(overrides))
+
+
+def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:
+    """Remove unset (None) values, recursively, so they do not override the config."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+        if value is not None and value != {}:
+            out[key] = value
+    return out

@@ -21,8 +21,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from ray.cluster_utils import Cluster
 
-from fer_ray.search.experiment import run_experiment
-from fer_ray.search.settings import SearchSettings
+from fer_ray.experiment import SearchSettings
+from fer_ray.search.run import run_experiment
 
 
 def main() -> None:

@@ -1,4 +1,12 @@
-"""The settings of one search: every CLI flag, resolved, and saved in ``search.json``."""
+"""The experiment contract: what a search writes and how everything after it reads it.
+
+A search writes, under ``<storage>/<name>/``: ``search.json`` (its settings, resolved, and its
+outcome), ``results.parquet`` (one row per trial, best first, with a ``status`` from
+``TrialStatus``) and ``trial_<id>/checkpoint_<n>/`` folders holding ``model.safetensors``,
+``config.json``, ``val_probs.npy`` and ``val_labels.npy`` (``models.io``). This module
+knows those names, the usable-trial rule and how to reload the search's data. It does not
+import Ray: the ensemble, the report and predict read finished experiments through it alone.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +35,23 @@ from fer_ray.paths import check_name, require_file, shown
 
 SEARCH_JSON = "search.json"
 RESULTS_PARQUET = "results.parquet"
+TRIAL_PREFIX = "trial_"  # Ray's trial folders, named so by the search's dirname creator
+
+
+class TrialStatus:
+    """The values of results.parquet's ``status`` column (plain strings on disk)."""
+
+    COMPLETED = "completed"  # ran its planned epochs
+    EARLY_STOPPED = "early_stopped"  # stopped by ASHA
+    OUT_OF_TIME = "out_of_time"  # cut by the deadline; its best checkpoint still counts
+    DIVERGED = "diverged"  # non-finite or exploding loss
+    INVALID = "invalid"  # a config the model cannot be built from
+    OOM = "oom"  # CUDA out of memory
+    ERROR = "error"  # any other exception
+
+
+# Only these may enter an ensemble or be reported as the best model.
+USABLE = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.OUT_OF_TIME)
 DEFAULT_TRIALS = 16  # without --num-samples and without a time budget
 DEFAULT_EPOCHS = 6  # epochs per trial without --max-epochs and without a time budget
 BUDGET_EPOCH_CAP = 100  # with a budget, trials train as many epochs as their share allows
@@ -221,7 +246,12 @@ def checkpoint_location(experiment: str | os.PathLike[str], trial_id: str, recor
         check_name(str(trial_id), "trial id")
     except ConfigError as exc:
         raise DataError(f"{experiment}: results.parquet: {exc}") from None
-    return storage.join(experiment, f"trial_{trial_id}", name)
+    return storage.join(trial_dir(experiment, trial_id), name)
+
+
+def trial_dir(experiment: str | os.PathLike[str], trial_id: str) -> str:
+    """A trial's folder (Ray's ``trial_<id>`` layout, set by the search's dirname creator)."""
+    return storage.join(experiment, f"{TRIAL_PREFIX}{trial_id}")
 
 
 def settings_from_record(record: dict[str, Any], location: str | os.PathLike[str]

@@ -17,6 +17,16 @@ from fer_ray._cli import versions
 from fer_ray.config import to_dict
 from fer_ray.data import fingerprint, format_class_table
 from fer_ray.errors import ConfigError, DataError
+from fer_ray.experiment import (
+    RESULTS_PARQUET,
+    SEARCH_JSON,
+    SearchSettings,
+    base_config,
+    experiment_location,
+    load_search_data,
+    read_search_json,
+    settings_from_record,
+)
 from fer_ray.models.io import load_model
 from fer_ray.search.preflight import check_resources, check_storage, experiment_folder
 from fer_ray.search.proposals import warm_start
@@ -27,16 +37,6 @@ from fer_ray.search.results import (
     status_counts,
     trial_rows,
     write_parquet,
-)
-from fer_ray.search.settings import (
-    RESULTS_PARQUET,
-    SEARCH_JSON,
-    SearchSettings,
-    base_config,
-    experiment_location,
-    load_search_data,
-    read_search_json,
-    settings_from_record,
 )
 from fer_ray.search.tuner import SearchRun, Timing, run_search
 from fer_ray.space import load_space
