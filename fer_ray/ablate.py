@@ -33,12 +33,13 @@ from fer_ray.data import FerData, load_data
 from fer_ray.data.loaders import read_split
 from fer_ray.errors import ConfigError
 from fer_ray.models import build_model
+from fer_ray.models.inference import resolve_device, score_splits, to_device_images
 from fer_ray.models.vgg_fer import check_model
 from fer_ray.paths import check_output_dir
 from fer_ray.report.analysis import summarize
 from fer_ray.report.document import markdown_table
 from fer_ray.report.figures import plot_ablation
-from fer_ray.train.loop import fit, resolve_device, score_splits, to_device_images
+from fer_ray.train.loop import fit
 from fer_ray.train.presets import FLAG_KEYS, PRESETS, resolve_config
 
 ABLATION_FILES = ("ablation.csv", "ablation.md", "ablation.png")  # what --out may hold

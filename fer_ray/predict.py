@@ -102,7 +102,7 @@ def predict_files(ensemble_dir: str, inputs: list[str], out: Path | None, kaggle
     ``out`` is replaced only when at least one row was predicted.
     """
     from fer_ray.ensemble.model import Ensemble
-    from fer_ray.train.loop import resolve_device
+    from fer_ray.models.inference import resolve_device
 
     target = resolve_device(device)
     ensemble = Ensemble.load(storage.fetch_dir(ensemble_dir)).to(target)

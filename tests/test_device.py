@@ -76,7 +76,7 @@ def test_cuda_out_of_memory_ends_the_trial_as_oom_and_the_search_goes_on(
 
 
 def test_parallel_cpu_streams_give_the_probabilities_of_one_stream(small_data: Any) -> None:
-    from fer_ray.train.loop import predict_logits, predict_probas
+    from fer_ray.models.inference import predict_logits, predict_probas
 
     models = [fit(merge(get_preset("tiny"), {"epochs": 1, "seed": s}), small_data, "cpu").model
               for s in (0, 1)]

@@ -18,9 +18,9 @@ import pytest
 from fer_ray.config import TrainConfig, from_dict
 from fer_ray.experiment import SearchSettings
 from fer_ray.metrics import accuracy
+from fer_ray.models.inference import predict_logits
 from fer_ray.models.io import load_model
 from fer_ray.search.cli import main
-from fer_ray.train.loop import predict_logits
 
 pytestmark = pytest.mark.ray  # these tests run searches: Ray in-process or in a subprocess
 

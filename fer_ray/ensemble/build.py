@@ -38,6 +38,7 @@ from fer_ray.ensemble.decision import (
 )
 from fer_ray.ensemble.model import Ensemble
 from fer_ray.ensemble.selection import greedy_selection
+from fer_ray.ensemble.voting import soft_vote
 from fer_ray.metrics import accuracy, confusion_matrix, macro_f1, per_class_scores
 
 Method = Literal["uniform", "greedy"]
@@ -79,10 +80,6 @@ def variant_weights(cands: Candidates, top_k: int, seed: int) -> dict[str, np.nd
     return {"best single": single, "uniform top-k": uniform, "greedy": greedy}
 
 
-def _combine(probas: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return np.tensordot(weights, probas, axes=1)
-
-
 def build_ensemble(experiment: str | os.PathLike[str], top_k: int = 5, method: Method = "greedy",
                    tta: bool | None = None, target_coverage: float = 0.9,
                    seed: int = 0, max_candidates: int = 20,
@@ -103,8 +100,8 @@ def build_ensemble(experiment: str | os.PathLike[str], top_k: int = 5, method: M
     weights = variant_weights(cands, top_k, seed)
     validation = {}
     for name, w in weights.items():
-        validation[name] = scores(_combine(cands.val_probas, w), labels)
-        validation[f"{name} + TTA"] = scores(_combine(cands.val_probas_tta, w), labels)
+        validation[name] = scores(soft_vote(cands.val_probas, w), labels)
+        validation[f"{name} + TTA"] = scores(soft_vote(cands.val_probas_tta, w), labels)
     chosen = "uniform top-k" if method == "uniform" else "greedy"
     if top_k == 1:
         chosen = "best single"
@@ -112,7 +109,7 @@ def build_ensemble(experiment: str | os.PathLike[str], top_k: int = 5, method: M
         tta = validation[f"{chosen} + TTA"]["acc"] > validation[chosen]["acc"]
     w = weights[chosen]
     keep = np.flatnonzero(w > 0)
-    val_probs = _combine(cands.val_probas_tta if tta else cands.val_probas, w)
+    val_probs = soft_vote(cands.val_probas_tta if tta else cands.val_probas, w)
 
     temperature = fit_temperature(probs_to_logits(val_probs), labels)
     calibrated = temperature_scale(val_probs, temperature)
@@ -157,9 +154,9 @@ def score_tests(cands: Candidates, weights: dict[str, np.ndarray], chosen: np.nd
         flipped[used] = pool.member_probas(split.images)
         table = {}
         for name, wv in weights.items():
-            table[name] = scores(_combine(plain, wv), split.labels)
-            table[f"{name} + TTA"] = scores(_combine(flipped, wv), split.labels)
-        raw = _combine(flipped if tta else plain, chosen)
+            table[name] = scores(soft_vote(plain, wv), split.labels)
+            table[f"{name} + TTA"] = scores(soft_vote(flipped, wv), split.labels)
+        raw = soft_vote(flipped if tta else plain, chosen)
         table["final"] = decision_report(raw, temperature_scale(raw, ensemble.temperature),
                                          split.labels, ensemble)
         test[split_name] = table

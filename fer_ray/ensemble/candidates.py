@@ -30,8 +30,8 @@ from fer_ray.experiment import (
     read_search_json,
     settings_from_record,
 )
+from fer_ray.models.inference import resolve_device
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, load_model
-from fer_ray.train.loop import resolve_device
 
 
 @dataclass

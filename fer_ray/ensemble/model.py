@@ -27,10 +27,10 @@ from fer_ray.ensemble.decision import defer_mask, predict_with_biases
 from fer_ray.ensemble.record import FORMAT_VERSION, parse_record
 from fer_ray.ensemble.voting import SoftVotingEnsemble
 from fer_ray.errors import ConfigError, DataError
+from fer_ray.models.inference import EVAL_BATCH, predict_probas
 from fer_ray.models.io import build_checked, save_weights
 from fer_ray.models.vgg_fer import VGGFer
 from fer_ray.paths import read_json
-from fer_ray.train.loop import EVAL_BATCH, predict_probas
 
 ENSEMBLE_JSON = "ensemble.json"
 ENSEMBLE_FILES = (ENSEMBLE_JSON, "members")  # all an ensemble folder holds

@@ -40,6 +40,17 @@ def normalise_weights(weights: Sequence[float] | np.ndarray | None, n_models: in
     return w / total
 
 
+def soft_vote(probas: np.ndarray, weights: Sequence[float] | np.ndarray | None = None
+              ) -> np.ndarray:
+    """The one soft vote: (n_samples, n_classes) weighted mean over models of probas
+    (n_models, n_samples, n_classes); uniform when ``weights`` is None (then equal, bit for bit,
+    to ``probas.mean(0)``). Used to choose ensembles on validation and to predict with them,
+    so both compute the same numbers."""
+    arr = check_probas(probas)
+    w = None if weights is None else normalise_weights(weights, arr.shape[0])
+    return np.asarray(np.average(arr, axis=0, weights=w))
+
+
 class SoftVotingEnsemble:
     """Weighted mean of member probabilities, then argmax.
 
@@ -73,10 +84,7 @@ class SoftVotingEnsemble:
     def predict_proba(self, probas: np.ndarray) -> np.ndarray:
         """(n_samples, n_classes) weighted average over models of probas (n_models, n, K)."""
         arr = self._check(probas)
-        # weights=None makes np.average a plain mean, so uniform voting equals probas.mean(0)
-        # bit for bit (a weighted sum with 1/M weights can differ in the last ulp).
-        weights = None if self.weights is None else self.weights_
-        return np.asarray(np.average(arr, axis=0, weights=weights))
+        return soft_vote(arr, None if self.weights is None else self.weights_)
 
     def predict(self, probas: np.ndarray) -> np.ndarray:
         """(n_samples,) int64 class with the highest averaged probability."""

@@ -24,6 +24,7 @@ from optuna.distributions import (
 
 from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.selection import greedy_selection
+from fer_ray.ensemble.voting import soft_vote
 from fer_ray.metrics import accuracy, per_class_scores
 
 # --- hyperparameters: the search's param.* columns --------------------------------------------
@@ -133,9 +134,9 @@ def ensemble_size_curve(probas: np.ndarray, labels: np.ndarray, max_k: int,
     """
     rows = []
     for k in range(1, min(max_k, len(probas)) + 1):
-        uniform = probas[:k].mean(axis=0)
+        uniform = soft_vote(probas[:k])
         weights = greedy_selection(probas, labels, ensemble_size=k, seed=seed)
-        greedy = np.tensordot(weights, probas, axes=1)
+        greedy = soft_vote(probas, weights)
         rows.append({"k": k, "uniform": accuracy(labels, uniform.argmax(1)),
                      "greedy": accuracy(labels, greedy.argmax(1)),
                      "greedy_members": int((weights > 0).sum())})

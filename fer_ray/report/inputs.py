@@ -18,6 +18,7 @@ from fer_ray.data import FerData, Split, fingerprint
 from fer_ray.data.loaders import read_split
 from fer_ray.ensemble.calibration import temperature_scale
 from fer_ray.ensemble.model import ENSEMBLE_JSON, Ensemble
+from fer_ray.ensemble.voting import soft_vote
 from fer_ray.errors import ConfigError, DataError, FerRayError
 from fer_ray.experiment import (
     RESULTS_PARQUET,
@@ -29,10 +30,10 @@ from fer_ray.experiment import (
     settings_from_record,
     trial_dir,
 )
+from fer_ray.models.inference import predict_probas, resolve_device
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, load_model
 from fer_ray.paths import check_name
 from fer_ray.space import load_space
-from fer_ray.train.loop import predict_probas, resolve_device
 
 MAX_CANDIDATES = 20  # as many trials as an ensemble build considers
 
@@ -204,7 +205,7 @@ def _predict(inputs: Inputs, device: torch.device) -> None:
         inputs.labels[name] = split.labels
         if inputs.ensemble is not None:
             e = inputs.ensemble
-            raw = np.tensordot(e.weights, e.member_probas(split.images), axes=1)
+            raw = soft_vote(e.member_probas(split.images), e.weights)
             inputs.ens_raw[name] = raw
             inputs.ens_cal[name] = temperature_scale(raw, e.temperature)
         if model is not None:

@@ -27,6 +27,7 @@ from fer_ray.experiment import (
     read_search_json,
     settings_from_record,
 )
+from fer_ray.models.inference import resolve_device, score_splits
 from fer_ray.models.io import load_model
 from fer_ray.search.preflight import check_resources, check_storage, experiment_folder
 from fer_ray.search.proposals import warm_start
@@ -40,7 +41,6 @@ from fer_ray.search.results import (
 )
 from fer_ray.search.tuner import SearchRun, Timing, run_search
 from fer_ray.space import load_space
-from fer_ray.train.loop import resolve_device, score_splits
 
 
 def resolve_settings(settings: SearchSettings, resume: bool) -> SearchSettings:

@@ -21,10 +21,11 @@ from fer_ray.data import (
     load_data,
 )
 from fer_ray.errors import ConfigError
+from fer_ray.models.inference import resolve_device, score_splits
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, save_model
 from fer_ray.models.vgg_fer import check_model
 from fer_ray.paths import check_output_dir
-from fer_ray.train.loop import fit, resolve_device, score_splits
+from fer_ray.train.loop import fit
 from fer_ray.train.presets import FLAG_KEYS, PRESETS, resolve_config
 
 # What a run folder holds: --out may replace a folder holding only these (an earlier run).
