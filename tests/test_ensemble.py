@@ -109,3 +109,25 @@ def test_missing_member_file_is_named(built: Any, tmp_path: Path) -> None:
         Ensemble.load(broken)
     with pytest.raises(DataError, match="not an ensemble folder"):
         Ensemble.load(tmp_path)
+
+
+def test_the_test_split_changes_no_choice_only_the_reported_figures(
+        smoke_experiment: Experiment, tmp_path: Path) -> None:
+    """Every choice (members, weights, TTA, temperature, biases, deferral) is made on
+    validation: relabelling the test split changes the test figures and nothing else."""
+    from fer_ray.data.synthetic import make_synthetic
+
+    split = make_synthetic(300, seed=321)
+    assert split.labels is not None
+    right, wrong = tmp_path / "right.npz", tmp_path / "wrong.npz"
+    np.savez(right, images=split.images, labels=split.labels)
+    np.savez(wrong, images=split.images, labels=(split.labels + 1) % 7)
+    results = [build_ensemble(smoke_experiment[0], top_k=3, extra_test=str(path))
+               for path in (right, wrong)]
+    first, second = (r.ensemble for r in results)
+    assert [m.name for m in first.members] == [m.name for m in second.members]
+    assert np.array_equal(first.weights, second.weights)
+    assert (first.tta, first.temperature, first.defer_threshold) == \
+        (second.tta, second.temperature, second.defer_threshold)
+    assert np.array_equal(first.class_biases, second.class_biases)
+    assert results[0].test["test"]["final"]["acc"] != results[1].test["test"]["final"]["acc"]

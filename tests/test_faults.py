@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,33 @@ def test_a_trial_that_keeps_crashing_is_recorded_as_errored(ray_local: Any,
         build_ensemble(tmp_path / "exp")
 
 
-def test_interrupted_parquet_write_keeps_the_previous_file(tmp_path: Path) -> None:
+WRITER = """
+import sys
+import time
+from fer_ray import storage
+payload = bytes(range(256)) * (int(sys.argv[2]) // 256)
+print("writing", flush=True)
+storage.write_bytes(sys.argv[1], payload)
+print("written", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path: Path) -> None:
+    """A real writer process killed (SIGKILL) while it writes 256 MB over results.parquet: the
+    previous file is still there, whole (a direct, non-atomic write leaves it truncated)."""
     path = tmp_path / "results.parquet"
     good = pd.DataFrame({"trial_id": ["a", "b"], "val_acc": [0.5, 0.4]})
     write_parquet(good, path)
-    bad = pd.DataFrame({"trial_id": ["c"], "val_acc": [object()]})  # pyarrow cannot encode it
-    with pytest.raises(Exception):  # noqa: B017 - whichever error pyarrow raises
-        write_parquet(bad, path)
+    before = path.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(256 << 20)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    time.sleep(0.05)  # into the write: 256 MB take a good part of a second
+    proc.kill()
+    finished = proc.wait(timeout=30) == 0
+    assert not finished, "the write ended before the kill; the test proves nothing"
+    assert path.read_bytes() == before
     pd.testing.assert_frame_equal(pd.read_parquet(path), good)
-    assert [p.name for p in tmp_path.iterdir()] == ["results.parquet"]
 
 
 def test_interrupted_ensemble_save_keeps_the_previous_ensemble(tmp_path: Path) -> None:

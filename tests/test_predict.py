@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.build import build_ensemble
 from fer_ray.experiment import SearchSettings, load_search_data
 from fer_ray.metrics import accuracy
@@ -123,3 +126,42 @@ def test_search_settings_load_without_ray() -> None:
             "sys.exit('ray' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
     assert SearchSettings().space == "small" and load_search_data is not None
+
+
+def test_kaggle_rows_keep_their_ids_and_an_unreadable_row_gets_no_label(
+        ensemble_and_test: tuple[Path, Path, float], tmp_path: Path) -> None:
+    ensemble, test, _ = ensemble_and_test
+    images = np.load(test)["images"][:3]
+    rows = [" ".join(map(str, img.ravel())) for img in images]
+    rows[1] = "1 2 3"  # unreadable: too few pixel values
+    csv = tmp_path / "test.csv"
+    csv.write_text("pixels\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "kaggle.csv"
+    assert main(["--ensemble", str(ensemble), "--out", str(out), "--kaggle", str(csv)]) == 0
+    df = pd.read_csv(out, keep_default_na=False, dtype=str)
+    assert df["id"].tolist() == ["0", "1", "2"]
+    assert df["label"][1] == ""
+    assert {df["label"][0], df["label"][2]} <= {str(k) for k in range(7)}
+
+
+def test_deferred_is_exactly_the_rows_whose_confidence_is_below_the_threshold(
+        ensemble_and_test: tuple[Path, Path, float], tmp_path: Path) -> None:
+    ensemble, test, _ = ensemble_and_test
+    mine = tmp_path / "ensemble"
+    shutil.copytree(ensemble, mine)
+    first = tmp_path / "plain.csv"
+    assert main(["--ensemble", str(mine), "--out", str(first), str(test)]) == 0
+    probs = pd.read_csv(first)[[f"p_{c}" for c in CLASS_NAMES]].to_numpy()
+    top = np.sort(probs.max(axis=1))
+    gaps = np.diff(top)
+    k = int(np.argmax(gaps[len(gaps) // 4: 3 * len(gaps) // 4])) + len(gaps) // 4
+    threshold = float((top[k] + top[k + 1]) / 2)  # between two rows, far from both
+    record = json.loads((mine / "ensemble.json").read_text())
+    record["defer"] = {"kind": "max_prob", "threshold": threshold}
+    (mine / "ensemble.json").write_text(json.dumps(record))
+    out = tmp_path / "deferred.csv"
+    assert main(["--ensemble", str(mine), "--out", str(out), "--defer", str(test)]) == 0
+    df = pd.read_csv(out)
+    assert set(df["deferred"]) == {0, 1}
+    expected = (df[[f"p_{c}" for c in CLASS_NAMES]].to_numpy().max(axis=1) < threshold)
+    assert (df["deferred"].to_numpy() == expected.astype(int)).all()

@@ -116,10 +116,15 @@ def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], expected: str)
     assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
 
 
-def test_cli_bad_yaml_is_one_line(tmp_path: Path) -> None:
+def test_cli_bad_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  optim.lrr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
     assert main(["--space", str(bad), "--storage", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {bad}: params.optim.lrr: unknown key (known optim "
+                               "keys: optimizer, lr,")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
 
 
 @pytest.mark.slow
