@@ -7,7 +7,7 @@ STAMP := $(VENV)/.fer-ray-installed
 # Pinned so the same wheels are used everywhere (on this machine torch comes from local disk).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv train search test test-fast lint clean
+.PHONY: venv train search test test-fast test-quick lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(STAMP)
 # Quick local loop: slow tests skipped.
 test-fast: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# Quicker: no slow tests and nothing that starts Ray (unit tests, two at a time).
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not slow and not ray" -n 2 $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check fer_ray tests scripts
