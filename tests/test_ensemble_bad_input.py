@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support.cli import assert_refused, fifo, run, snapshot
+from support.cli import fifo, refused_with_files_untouched
 
 from fer_ray.config import TrainConfig
 from fer_ray.data import fingerprint
@@ -124,12 +124,5 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 def test_refused_with_files_untouched(case: str, setup: Callable[[Path], None],
                                       args: list[str], expected: str,
                                       experiment: Path) -> None:
-    t = experiment.parent
-    setup(t)
-    args = [a.format(t=t) for a in args]
-    if "--experiment" not in args:
-        args = ["--experiment", str(experiment), *args]
-    before = snapshot(t)
-    proc = run("ensemble", *args)
-    assert_refused(proc, expected)
-    assert snapshot(t) == before, case
+    refused_with_files_untouched("ensemble", experiment.parent, setup, args, expected,
+                                 ("--experiment", str(experiment)))

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support.cli import assert_refused, fifo, run, save_tiny_ensemble, snapshot
+from support.cli import (
+    fifo,
+    refused_with_files_untouched,
+    run,
+    save_tiny_ensemble,
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +119,8 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 def test_refused_with_files_untouched(case: str, setup: Callable[[Path], None],
                                       args: list[str], expected: str,
                                       experiment: Path) -> None:
-    t = experiment.parent
-    setup(t)
-    args = [a.format(t=t) for a in args]
-    if "--experiment" not in args:
-        args = ["--experiment", str(experiment), *args]
-    before = snapshot(t)
-    proc = run("report", *args)
-    assert_refused(proc, expected.format(t=t))
-    assert snapshot(t) == before, case
+    refused_with_files_untouched("report", experiment.parent, setup, args, expected,
+                                 ("--experiment", str(experiment)))
 
 
 def test_a_report_replaces_only_its_own_folder(experiment: Path) -> None:

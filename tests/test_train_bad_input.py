@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.cli import assert_refused, fifo, npz_declaring, run, snapshot
+from support.cli import (
+    assert_refused,
+    fifo,
+    npz_declaring,
+    refused_with_files_untouched,
+    run,
+    snapshot,
+)
 
 
 def _nothing(t: Path) -> None:
@@ -115,17 +122,10 @@ TRAIN: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 def test_train_refuses_before_training(case: str, setup: Callable[[Path], None],
                                        args: list[str], expected: str,
                                        tmp_path: Path) -> None:
-    t = tmp_path
-    setup(t)
-    args = [a.format(t=t) for a in args]
-    if "--out" not in args:
-        args += ["--out", str(t / "run")]
-    before = snapshot(t)
-    proc = run("train", "--preset", "tiny", "--synthetic-size", "300", "--epochs", "1", *args,
-               cwd=t)
-    assert_refused(proc, expected)
+    proc = refused_with_files_untouched(
+        "train", tmp_path, setup, args, expected, ("--out", str(tmp_path / "run")),
+        ["--preset", "tiny", "--synthetic-size", "300", "--epochs", "1"], cwd=tmp_path)
     assert "train_loss" not in proc.stdout, proc.stdout  # nothing was trained
-    assert snapshot(t) == before, case
 
 
 ABLATE: list[tuple[str, Callable[[Path], None], list[str], str]] = [
@@ -152,16 +152,9 @@ ABLATE: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 def test_ablate_refuses_before_training(case: str, setup: Callable[[Path], None],
                                         args: list[str], expected: str,
                                         tmp_path: Path) -> None:
-    t = tmp_path
-    setup(t)
-    args = [a.format(t=t) for a in args]
-    if "--out" not in args:
-        args += ["--out", str(t / "abl")]
-    before = snapshot(t)
-    proc = run("ablate", "--synthetic-size", "300", "--epochs", "1", "--seeds", "1", *args,
-               cwd=t)
-    assert_refused(proc, expected)
-    assert snapshot(t) == before, case
+    refused_with_files_untouched(
+        "ablate", tmp_path, setup, args, expected, ("--out", str(tmp_path / "abl")),
+        ["--synthetic-size", "300", "--epochs", "1", "--seeds", "1"], cwd=tmp_path)
 
 
 @pytest.mark.parametrize("what", ["--data", "--config", "--out"])

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,24 @@ def assert_refused(proc: subprocess.CompletedProcess[str], expected: str,
     assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
     assert expected in lines[0], (expected, lines[0])
+
+
+def refused_with_files_untouched(command: str, t: Path, setup: Callable[[Path], None],
+                                 args: list[str], expected: str, default: tuple[str, str],
+                                 fixed: Sequence[str] = (), cwd: Path | None = None,
+                                 ) -> subprocess.CompletedProcess[str]:
+    """One row of a bad-input table: ``setup(t)``, then ``python -m fer_ray.<command> FIXED
+    ARGS`` (``{t}`` filled in; ``default`` = (flag, value) added when ARGS lack the flag) must
+    be refused (``assert_refused``) with every file under ``t`` unchanged."""
+    setup(t)
+    args = [a.format(t=t) for a in args]
+    if default[0] not in args:
+        args = [*default, *args]
+    before = snapshot(t)
+    proc = run(command, *fixed, *args, cwd=cwd)
+    assert_refused(proc, expected.format(t=t))
+    assert snapshot(t) == before, args
+    return proc
 
 
 def snapshot(root: Path) -> dict[str, str]:
