@@ -68,6 +68,8 @@ def test_budgeted_search_ends_in_time_with_more_trials_and_an_ensemble(tmp_path:
     assert wall <= 60 * budget * 1.05, f"{wall:.1f} s for a {budget} min budget"
     df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
     assert len(df) > DEFAULT_TRIALS
+    # Trials Ray created but never started before the deadline are no rows (not "error").
+    assert "error" not in set(df["status"]) and (df["epochs_run"] > 0).any()
     assert (tmp_path / "exp" / "ensemble" / "ensemble.json").is_file()
     status = [line for line in proc.stdout.splitlines()
               if re.match(r"^\[\s*\d+:\d\d /   2:00\] \d+ running, \d+ done", line)]

@@ -139,10 +139,14 @@ def trial_rows(results: Any, space: SearchSpace, base: TrainConfig, metric: str,
     """One row per trial: params, resolved config, best metrics, epochs, status, checkpoints.
 
     scheme: the storage URI scheme ("s3", "file", ...), "" for local storage.
-    out_of_time: ids of the trials the deadline stopped.
+    out_of_time: ids of the trials the deadline stopped. Trials that never ran (created by
+    Ray, never started: no report, no error, not cut by the deadline) are left out.
     """
+    cut = out_of_time or set()
+    ran = [r for r in results if r.error is not None or not _history(r).empty
+           or Path(r.path).name.removeprefix(TRIAL_PREFIX) in cut]
     df = pd.DataFrame([_trial_row(r, space, base, metric, mode, max_epochs, scheme,
-                                  out_of_time or set()) for r in results])
+                                  out_of_time or set()) for r in ran])
     if len(df):
         df = df.sort_values(metric, ascending=mode != "max", kind="stable")
     return df.reset_index(drop=True)

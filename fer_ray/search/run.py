@@ -133,9 +133,9 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
     out_of_time = set(record.get("out_of_time", [])) | run.out_of_time
     df = trial_rows(run.results, run.space, run.base, settings.metric, settings.mode,
                     settings.epochs_cap(), scheme, out_of_time)
-    # Trials Ray created but stopped before they ran carry no epoch and no error message.
-    never_ran = df.empty or ((df["epochs_run"] == 0) & (df["error"] == "")).all()
-    if never_ran:
+    # trial_rows leaves out trials that never started; those the deadline cut before their
+    # first epoch have nothing to use either.
+    if df.empty or ((df["epochs_run"] == 0) & (df["error"] == "")).all():
         within = f" within --time-budget {settings.time_budget:g} min (starting Ray and " \
             "loading the data took it; give it more time)" if settings.time_budget else ""
         raise DataError(f"{path}: no trial started{within}")
