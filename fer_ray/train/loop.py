@@ -343,8 +343,8 @@ def fit(config: TrainConfig, data: FerData, device: torch.device | str | None = 
                 break
     if best_state:
         trainer.model.load_state_dict(best_state)
-    else:
-        best_probs = trainer.val_probs
+    if not keep_best:
+        best_probs = trainer.val_probs  # the last epoch's, as its weights
     trainer.model.eval()
     return FitResult(
         model=trainer.model, history=history, best=best, val_probs=best_probs,
