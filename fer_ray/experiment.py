@@ -277,3 +277,22 @@ def load_search_data(settings: SearchSettings) -> FerData:
     if settings.test:
         add_test_split(data, settings.test)
     return data
+
+
+# The searcher adds its trial number to every trial's params: the trial's seed offset.
+TRIAL_NUMBER = "trial_number"
+
+
+def split_trial_number(params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A trial's sampled params without the searcher's trial number, and that number."""
+    rest = {k: v for k, v in params.items() if k != TRIAL_NUMBER}
+    return rest, int(params.get(TRIAL_NUMBER, 0))
+
+
+def trial_seed(search_seed: int, trial_number: int) -> int:
+    """The search's seed plus the trial's number (0, 1, 2, ... in proposal order).
+
+    Trials with the same architecture must not share initial weights and batch order: an
+    ensemble of copies is no ensemble. Reproducible, as the proposal order is.
+    """
+    return search_seed + trial_number

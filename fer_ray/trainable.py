@@ -31,9 +31,8 @@ from ray import tune
 from fer_ray.config import TrainConfig
 from fer_ray.data import Split
 from fer_ray.errors import ConfigError
-from fer_ray.experiment import TrialStatus
+from fer_ray.experiment import TrialStatus, split_trial_number, trial_seed
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, WEIGHTS, load_weights, read_config, save_model
-from fer_ray.search.results import split_trial_number, trial_seed
 from fer_ray.space import SearchSpace, check_architecture
 from fer_ray.train.loop import DeadlinePlanner, Trainer
 

@@ -18,8 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from fer_ray.config import TrainConfig, from_dict
 from fer_ray.errors import ConfigError, DataError
-from fer_ray.experiment import USABLE, SearchSettings, read_results
-from fer_ray.search.results import TRIAL_NUMBER
+from fer_ray.experiment import TRIAL_NUMBER, USABLE, SearchSettings, read_results
 from fer_ray.space import SearchSpace
 
 STUDY_NAME = "fer-ray"
@@ -78,7 +77,7 @@ def warm_start(settings: SearchSettings, space: SearchSpace, base: TrainConfig) 
 
 class NumberedSampler:
     """``space.sample`` (define-by-run) that also returns the Optuna trial's number, from
-    which the trial's seed is derived (``results.trial_seed``). A class, not a closure, so
+    which the trial's seed is derived (``experiment.trial_seed``). A class, not a closure, so
     that Ray can pickle the searcher with it."""
 
     def __init__(self, space: SearchSpace) -> None:
