@@ -15,7 +15,7 @@ from typing import Any
 from fer_ray import storage
 from fer_ray._cli import versions
 from fer_ray.config import to_dict
-from fer_ray.data import fingerprint, format_class_table
+from fer_ray.data import FerData, fingerprint, format_class_table
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.experiment import (
     RESULTS_PARQUET,
@@ -120,15 +120,27 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
             raise DataError(f"{path}: the data no longer matches the experiment's fingerprint")
     else:
         # Record the settings before the first trial, so an interrupted search can be resumed.
-        record = {"settings": settings.to_dict(), "data": {
-            "source": data.source, "fingerprint": fingerprint(data), "n_train": len(data.train),
-            "n_val": len(data.val), "tests": {k: len(v) for k, v in data.tests.items()},
-            "converted": data.converted}, "versions": versions(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-            "timing": dataclasses.asdict(timing)}
+        record = first_record(settings, data, timing, started)
     with experiment_folder(path, None if resume else record):  # writes search.json
         run = run_search(settings, space, data, timing, warm, resume=resume, fault=fault)
+    return finish_experiment(settings, path, record, run)
 
+
+def first_record(settings: SearchSettings, data: FerData, timing: Timing, started: float
+                 ) -> dict[str, Any]:
+    """search.json as written before the first trial: settings, data, versions, timing."""
+    return {"settings": settings.to_dict(), "data": {
+        "source": data.source, "fingerprint": fingerprint(data), "n_train": len(data.train),
+        "n_val": len(data.val), "tests": {k: len(v) for k, v in data.tests.items()},
+        "converted": data.converted}, "versions": versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "timing": dataclasses.asdict(timing)}
+
+
+def finish_experiment(settings: SearchSettings, path: str, record: dict[str, Any],
+                      run: SearchRun) -> dict[str, Any]:
+    """results.parquet and the completed search.json from a finished run; the leaderboard and
+    the best single model's test figures printed. Returns the record."""
     scheme = settings.storage.split("://")[0] if storage.is_uri(settings.storage) else ""
     out_of_time = set(record.get("out_of_time", [])) | run.out_of_time
     df = trial_rows(run.results, run.space, run.base, settings.metric, settings.mode,
