@@ -136,6 +136,16 @@ def _parse_param(key: str, spec: Any, earlier: tuple[Param, ...] = ()) -> Param:
     if kind not in REQUIRED:
         problem = "missing" if kind is None else f"{kind!r} is not a distribution type"
         raise ConfigError(f"{where}.type: {problem} (known: {', '.join(REQUIRED)})")
+    per_block, log, grow = _check_options(key, spec, kind, where)
+    if kind == "choice":
+        return _parse_choice(key, spec, where, per_block, grow)
+    return _parse_range(key, spec, kind, where, per_block, log, grow)
+
+
+def _check_options(key: str, spec: dict[str, Any], kind: str, where: str
+                   ) -> tuple[bool, bool, float | None]:
+    """The options a distribution of ``kind`` takes, all present and of the right kind:
+    (per_block, log, grow)."""
     options = (*REQUIRED[kind], *OPTIONAL.get(kind, ()), "per_block",
                *(["grow"] if key == "model.filters" else []))
     for option in spec:
@@ -159,16 +169,24 @@ def _parse_param(key: str, spec: Any, earlier: tuple[Param, ...] = ()) -> Param:
                           f"filters to the next's), without per_block; got {grow!r}")
     if key == NUM_BLOCKS and kind not in ("int", "randint", "choice"):
         raise ConfigError(f"{where}.type: num_blocks takes int, randint, choice or a constant")
-    if kind == "choice":
-        values = spec["values"]
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}.values: expected a non-empty list, got {values!r}")
-        for i, v in enumerate(values):  # Optuna's categorical choices must be scalars
-            if v is not None and not isinstance(v, (bool, int, float, str)):
-                raise ConfigError(f"{where}.values[{i}]: expected a scalar, got {v!r}")
-        return Param(key, kind, per_block=per_block, grow=grow, values=tuple(
-            _coerce(key, v, f"{where}.values[{i}]", element=True) for i, v in enumerate(values)))
+    return per_block, log, grow
 
+
+def _parse_choice(key: str, spec: dict[str, Any], where: str, per_block: bool,
+                  grow: float | None) -> Param:
+    values = spec["values"]
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}.values: expected a non-empty list, got {values!r}")
+    for i, v in enumerate(values):  # Optuna's categorical choices must be scalars
+        if v is not None and not isinstance(v, (bool, int, float, str)):
+            raise ConfigError(f"{where}.values[{i}]: expected a scalar, got {v!r}")
+    return Param(key, "choice", per_block=per_block, grow=grow, values=tuple(
+        _coerce(key, v, f"{where}.values[{i}]", element=True) for i, v in enumerate(values)))
+
+
+def _parse_range(key: str, spec: dict[str, Any], kind: str, where: str, per_block: bool,
+                 log: bool, grow: float | None) -> Param:
+    """A numeric distribution (int, randint, uniform, loguniform, quniform, ...)."""
     integer = kind in ("int", "randint")
     low, high = (_number(spec, option, where, integer) for option in ("low", "high"))
     step = _number(spec, "step", where, integer=True) if "step" in spec else 1
