@@ -99,6 +99,37 @@ def test_a_budget_too_short_for_any_trial_is_one_clear_error(ray_local: Any,
         run_experiment(_settings(tmp_path, time_budget=0.01))
 
 
+ASHA_SPACE = """
+description: one good recipe, then two that cannot learn (learning rate 1e-9)
+base:
+  model: {kernel_size: 3, padding: same, stem_filters: 0, convs_per_block: [1], dropout: [0.0],
+          dense_units: [16], dense_dropout: 0.0, filters: [8, 8]}
+  optim: {optimizer: adam, schedule: none, batch_size: 32}
+  augment: {hflip: 0.0, rotation: 0.0, scale: 0.0, translate: 0.0}
+params:
+  optim.lr: {type: loguniform, low: 1.0e-9, high: 1.0e-2}
+points:
+  - {optim: {lr: 0.01}}
+  - {optim: {lr: 1.0e-9}}
+  - {optim: {lr: 1.0e-9}}
+"""
+
+
+def test_asha_stops_trials_that_fall_behind_at_a_rung(ray_local: Any, tmp_path: Path) -> None:
+    """One trial at a time: the good recipe passes the first rung alone and trains all its
+    epochs; the two that cannot learn are compared with it at epoch 1 and stopped there."""
+    from fer_ray.search.run import run_experiment
+
+    space = tmp_path / "asha.yaml"
+    space.write_text(ASHA_SPACE)
+    run_experiment(_settings(tmp_path, space=str(space), num_samples=3, max_concurrent=1,
+                             synthetic_size=1200, reduction_factor=2))
+    df = pd.read_parquet(tmp_path / "exp" / "results.parquet").sort_values("trial_number")
+    assert df["asha_stopped"].tolist() == [False, True, True], df[["status", "val_acc"]]
+    assert df["epochs_run"].tolist() == [3, 1, 1]
+    assert df["status"].tolist() == ["completed", "early_stopped", "early_stopped"]
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fer_ray.search", *args],
                           capture_output=True, text=True, timeout=300)
