@@ -113,10 +113,13 @@ class SearchSettings:
 
     def generations(self) -> int:
         """With a budget: how many trials follow each other in one slot, each taking that
-        share of the search's time (unless ASHA stops it): 1 for 10 minutes, 2 for 45,
-        3 for 90. Longer budgets buy longer trials, not only more of them."""
+        share of the search's time (unless stopped early or done sooner): 1 below 90
+        minutes, 2 from 90, 3 from 150, 4 from 210. A share under about 40 minutes leaves
+        even the known-good recipes under-trained on CPUs (measured at 45 minutes on 2
+        cores: BENCHMARKS.md, "Quality"); on GPUs trials end at --max-epochs sooner and
+        the next ones start, so the share is only an upper bound there."""
         minutes = self.time_budget or 0.0
-        return min(max(round((minutes / 10) ** 0.5), 1), 4)
+        return min(max(int(minutes / 60 + 0.5), 1), 4)
 
     def check(self) -> SearchSettings:
         """Refuse values that would only fail later, inside Ray."""

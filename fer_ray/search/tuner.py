@@ -279,7 +279,7 @@ def scheduler(settings: SearchSettings, timing: Timing, slots: int) -> TrialSche
     point of schedules that all end with their time share.
 
     A budget that runs fewer than MIN_ASHA_POPULATION full trials (2 CPU slots for 45
-    minutes: 4) gets no early stopping: its rungs hold only the first trials (the space's
+    minutes: 2) gets no early stopping: its rungs hold only the first trials (the space's
     points, hand-picked recipes), every proposal after them was stopped against those on
     2 cores, and the ensemble lost its members (measured in BENCHMARKS.md).
     """
