@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/bench_checkpoint.py [--quick]
 
-For the seed network (seed_hw3) and the widest net of the ``paper`` space (6 blocks of three
-3x3 convs with 512 filters, a 256-filter stem, dense 1024), with Adam's moments in place, it
+For the seed network (seed_hw3) and the widest net of the ``paper`` space that fits a 48x48
+input (5 blocks of three 3x3 convs with 512 filters, a 256-filter stem, dense 1024; a sixth
+block would see a 1x1 map and is refused as invalid), with Adam's moments in place, it
 writes one epoch's checkpoint folder the way the trainable does (``_report_epoch``: weights
 as safetensors, config.json, validation probabilities, trainer_state.pt without the weights)
 and the way it did before (trainer_state.pt also holding the model's state dict), and prints
@@ -25,7 +26,7 @@ from fer_ray.models.io import save_model
 from fer_ray.models.vgg_fer import MODEL_PRESETS
 from fer_ray.train.optim import build_optimizer
 
-WIDEST_PAPER = ModelConfig(filters=(512,) * 6, convs_per_block=(3,), dropout=(0.1,),
+WIDEST_PAPER = ModelConfig(filters=(512,) * 5, convs_per_block=(3,), dropout=(0.1,),
                            kernel_size=3, padding="same", stem_filters=256,
                            dense_units=(1024,), dense_dropout=0.5)
 N_VAL = 2872  # FER2013 Training's 10 % validation split
