@@ -10,6 +10,7 @@ local cache first. No Ray import.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -166,13 +168,20 @@ def replace_dir(directory: str | os.PathLike[str], owned: Sequence[str]) -> Iter
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Any:
+    """libc's renameat2, looked up once; None where the C library has none."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE), so a reader of ``b``
     always finds a whole folder. False where the system or file system cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
     at_cwd = -100  # AT_FDCWD: the paths are absolute anyway
     return int(renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b),
