@@ -82,8 +82,8 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_only_the_search_package_and_the_trainable_import_ray() -> None:
-    allowed = ("fer_ray.search", "fer_ray.trainable")
+def test_only_the_search_package_the_trainable_and_serve_import_ray() -> None:
+    allowed = ("fer_ray.search", "fer_ray.trainable", "fer_ray.serve")
     for path in PACKAGE.rglob("*.py"):
         module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
         if module.startswith(allowed):
@@ -93,6 +93,14 @@ def test_only_the_search_package_and_the_trainable_import_ray() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not [n for n in names if n == "ray" or n.startswith(("ray.", "fer_ray.search"))
                         ], f"{module} imports {names}"
+
+
+def test_nothing_outside_serve_imports_serve() -> None:
+    graph = import_graph()
+    assert "fer_ray.serve.app" in graph  # the serve package is part of the graph
+    users = {m for m, targets in graph.items() if not m.startswith("fer_ray.serve")
+             and any(t.startswith("fer_ray.serve") for t in targets)}
+    assert users == set()
 
 
 def _loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
@@ -112,6 +120,8 @@ def test_readers_of_a_finished_experiment_load_neither_ray_nor_search_nor_traini
                                    "fer_ray.train")) == []
     assert _loaded_after("fer_ray.ablate", ("ray", "fer_ray.search")) == []
     assert "fer_ray.search.tuner" in _loaded_after("fer_ray.search.run", ("fer_ray.search",))
+    # The serve CLI refuses bad flags before Ray (or torch) is imported.
+    assert _loaded_after("fer_ray.serve.cli", ("ray", "torch", "fer_ray.search")) == []
 
 
 @pytest.mark.slow
