@@ -12,7 +12,7 @@ from fer_ray.config import DataConfig
 from fer_ray.data import FerData, RawDataset, prepare
 from fer_ray.data.synthetic import make_synthetic
 
-RAY_FIXTURES = {"ray_local", "smoke_experiment"}
+RAY_FIXTURES = {"ray_local", "smoke_experiment", "served"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -69,3 +69,19 @@ def smoke_experiment(ray_local, tmp_path_factory):  # type: ignore[no-untyped-de
     storage = tmp_path_factory.mktemp("search")
     record = run_experiment(SearchSettings(**{**SMOKE_SEARCH, "storage": str(storage)}))
     return storage / "exp", record
+
+
+SERVE_FLAGS = ("--max-batch", "8", "--batch-wait-ms", "20", "--max-upload-mb", "1")
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """``python -m fer_ray.serve`` on a free loopback port with a tiny real ensemble (two
+    random-weight members), shared by the serve tests; stopped with SIGTERM at the end."""
+    from support.cli import save_tiny_ensemble
+    from support.serve import running_service
+
+    folder = tmp_path_factory.mktemp("serve")
+    ensemble = save_tiny_ensemble(folder / "ensemble", members=2)
+    with running_service(ensemble, folder, *SERVE_FLAGS) as service:
+        yield service
