@@ -17,10 +17,13 @@ Also parses Kaggle-style pixel strings ("70 80 82 ...", 2304 values a row) to im
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +40,7 @@ MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo; faces need 2,304
 # PIL warns on stderr for images over its own limit (89 MP, above ours) and raises over twice
 # it; as an error, the warning is reported like every other refused image.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+_T = TypeVar("_T")
 _WORKERS = min(8, os.cpu_count() or 1)
 # 16-bit PIL modes: their values span 0..65535, so they must be scaled, not clipped.
 _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -113,6 +117,36 @@ def _pil_to_gray_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
+def to_gray(img: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
+    """Convert one image to (H, W) uint8 grayscale at its own size (see ``to_gray48``).
+
+    Returns (image, converted): converted is True when colour or values were changed.
+    """
+    if isinstance(img, Image.Image):
+        return _pil_to_gray_array(img), img.mode != "L"
+    arr = np.asarray(img)
+    what = f"image array of shape {arr.shape}"
+    if arr.ndim == 3 and arr.shape[2] in (1, 2, 3, 4):
+        channels = arr.shape[2]
+    elif arr.ndim == 2:
+        channels = 0
+    else:
+        raise DataError(f"unsupported {what} (expected (H, W) or (H, W, 1|2|3|4))")
+    if min(arr.shape[:2]) == 0:
+        raise DataError(f"unsupported {what}: empty image")
+    arr8, converted = _values_to_uint8(arr, what)
+    if channels in (1, 2):
+        return np.ascontiguousarray(arr8[:, :, 0]), converted
+    if channels in (3, 4):
+        return _luma(arr8), True
+    return np.ascontiguousarray(arr8), converted
+
+
+def resize_face(gray: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> (48, 48) uint8, the way every face here is made (stretched, not cropped)."""
+    return _resize(gray) if gray.shape != _SIZE else np.ascontiguousarray(gray)
+
+
 def to_gray48(img: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
     """Convert one image to a (48, 48) uint8 grayscale face.
 
@@ -124,64 +158,72 @@ def to_gray48(img: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
     already 48x48 8-bit grayscale.
     Raises DataError for arrays of any other shape or dtype.
     """
-    if isinstance(img, Image.Image):
-        converted = img.mode != "L" or img.size != _SIZE
+    gray, converted = to_gray(img)
+    return resize_face(gray), converted or gray.shape != _SIZE
+
+
+def _pil_to_rgb_array(img: Image.Image) -> np.ndarray:
+    """PIL image of any mode -> (H, W, 3) uint8 RGB whose luma is ``_pil_to_gray_array(img)``."""
+    if img.mode in _WIDE_MODES or img.mode == "F":
         gray = _pil_to_gray_array(img)
-    else:
-        arr = np.asarray(img)
-        what = f"image array of shape {arr.shape}"
-        if arr.ndim == 3 and arr.shape[2] in (1, 2, 3, 4):
-            channels = arr.shape[2]
-        elif arr.ndim == 2:
-            channels = 0
-        else:
-            raise DataError(f"unsupported {what} (expected (H, W) or (H, W, 1|2|3|4))")
-        if min(arr.shape[:2]) == 0:
-            raise DataError(f"unsupported {what}: empty image")
-        arr8, converted = _values_to_uint8(arr, what)
-        if channels in (1, 2):
-            gray = arr8[:, :, 0]
-        elif channels in (3, 4):
-            gray, converted = _luma(arr8), True
-        else:
-            gray = arr8
-    if gray.shape != _SIZE:
-        gray, converted = _resize(gray), True
-    return np.ascontiguousarray(gray, dtype=np.uint8), converted
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+_LIMIT = f"over the {MAX_IMAGE_PIXELS / 1e6:g}-megapixel limit per image"
+
+
+def _decode(source: Path | bytes, what: str, convert: Callable[[Image.Image], _T]) -> _T:
+    """Open, bound, fully decode and turn upright one image, then ``convert`` it.
+
+    Raises DataError("{what}: cannot decode image ({reason})") for truncated, corrupt or
+    non-image data (PIL reads headers lazily, so img.load() is what finds a truncated PNG) and
+    for images over MAX_IMAGE_PIXELS (from the header, before decoding).
+    """
+    try:
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{width}x{height} pixels, {_LIMIT}")
+            img.load()
+            return convert(ImageOps.exif_transpose(img))
+    except DataError as exc:
+        raise DataError(f"{what}: cannot decode image ({exc})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{what}: cannot decode image ({_LIMIT})") from None
+    except OSError as exc:
+        if exc.errno is None:  # PIL's own "cannot identify image file": a decoding problem
+            raise DataError(f"{what}: cannot decode image ({reason(exc)})") from exc
+        raise DataError(f"{what}: cannot read ({exc.strerror})") from exc
+    # Decoders of damaged files raise many types (OSError, SyntaxError, ValueError,
+    # struct.error, EOFError...); any of them means the same thing to the user.
+    except Exception as exc:
+        raise DataError(f"{what}: cannot decode image ({reason(exc)})") from exc
 
 
 def read_image(path: Path) -> tuple[np.ndarray, bool]:
     """Open and fully decode one image file -> ((48, 48) uint8, converted).
 
-    EXIF orientation is applied, so phone photos are upright. Raises
-    DataError("{path}: cannot decode image ({reason})") for truncated, corrupt or non-image
-    files (PIL reads headers lazily, so img.load() is what finds a truncated PNG), for images
-    over MAX_IMAGE_PIXELS (from the header, before decoding), and for anything but a regular
-    file (a named pipe would block).
+    EXIF orientation is applied, so phone photos are upright. DataError naming the file for
+    damaged or non-image files, images over MAX_IMAGE_PIXELS and anything but a regular file
+    (a named pipe would block).
     """
     require_file(path)
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DataError(f"{width}x{height} pixels, over the "
-                                f"{MAX_IMAGE_PIXELS / 1e6:g}-megapixel limit per image")
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return to_gray48(upright)
-    except DataError as exc:
-        raise DataError(f"{shown(path)}: cannot decode image ({exc})") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{shown(path)}: cannot decode image (over the "
-                        f"{MAX_IMAGE_PIXELS / 1e6:g}-megapixel limit per image)") from None
-    except OSError as exc:
-        if exc.errno is None:  # PIL's own "cannot identify image file": a decoding problem
-            raise DataError(f"{shown(path)}: cannot decode image ({reason(exc)})") from exc
-        raise DataError(f"{shown(path)}: cannot read ({exc.strerror})") from exc
-    # Decoders of damaged files raise many types (OSError, SyntaxError, ValueError,
-    # struct.error, EOFError...); any of them means the same thing to the user.
-    except Exception as exc:
-        raise DataError(f"{shown(path)}: cannot decode image ({reason(exc)})") from exc
+    return _decode(path, shown(path), to_gray48)
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """One image file at full size -> (H, W, 3) uint8 RGB, upright; errors as ``read_image``."""
+    require_file(path)
+    return _decode(path, shown(path), _pil_to_rgb_array)
+
+
+def decode_photo(data: bytes, what: str) -> np.ndarray:
+    """Encoded image bytes (an upload) -> (H, W, 3) uint8 RGB, upright; DataError naming
+    ``what`` for anything that is not a decodable image within the size limit."""
+    return _decode(bytes(data), what, _pil_to_rgb_array)
 
 
 def read_images(paths: list[Path]) -> tuple[np.ndarray, int]:

@@ -233,3 +233,37 @@ def make_synthetic(n: int, seed: int = 0, class_counts: Sequence[int] | None = N
         img += noise_sd[sl] * rng.standard_normal(img.shape, dtype=np.float32)
         out[sl] = np.clip(img * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
     return Split(images=out, labels=labels, source=f"synthetic(n={n}, seed={seed})")
+
+
+def paste_faces(faces: np.ndarray, side: int, canvas: tuple[int, int] = (480, 640),
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A photo made of faces pasted enlarged at known, non-overlapping squares.
+
+    faces: (k, 48, 48) uint8 face crops (e.g. FER2013's). side: their pasted size in px.
+    canvas: (height, width). The background is a smooth lighting gradient with sensor-like
+    noise, so the photo is not trivially flat around the faces.
+    Returns (photo (height, width) uint8, boxes (k, 4) int: x, y, side, side of each face).
+    Raises ConfigError when the faces cannot be placed without overlapping.
+    """
+    from PIL import Image
+
+    height, width = canvas
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    light = 90 + 70 * (xx / width) + 30 * np.sin(yy / height * np.pi)
+    photo = np.clip(light + rng.normal(0, 6, (height, width)), 0, 255)
+    rows, cols = height // side, width // side
+    cell_h, cell_w = (height // rows, width // cols) if rows and cols else (0, 0)
+    cells = [(r, c) for r in range(rows) for c in range(cols)]
+    if len(faces) > len(cells):
+        raise ConfigError(f"{len(faces)} faces of {side} px do not fit a {width}x{height} photo")
+    boxes = np.zeros((len(faces), 4), dtype=np.int64)
+    for i, cell in enumerate(rng.permutation(len(cells))[:len(faces)]):
+        row, col = cells[cell]
+        # A random offset inside the cell: positions are not on a grid a test could guess.
+        y = row * cell_h + int(rng.integers(0, cell_h - side + 1))
+        x = col * cell_w + int(rng.integers(0, cell_w - side + 1))
+        big = Image.fromarray(faces[i]).resize((side, side), Image.Resampling.BICUBIC)
+        photo[y:y + side, x:x + side] = np.asarray(big)
+        boxes[i] = (x, y, side, side)
+    return photo.astype(np.uint8), boxes
