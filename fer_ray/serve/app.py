@@ -27,15 +27,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from fer_ray.data import CLASS_NAMES
+from fer_ray.data.faces import MIN_FACE
 from fer_ray.errors import reason
-from fer_ray.recognize import PhotoResult, Recognizer
+from fer_ray.recognize import FacesMode, PhotoResult, Recognizer
 from fer_ray.serve.settings import MAX_PHOTOS, ServeSettings
 from fer_ray.serve.uploads import HTTPError, decode, uploads_from
 
 APP_NAME = "fer-ray"
 PAGE = resources.files("fer_ray.serve").joinpath("page.html").read_text(encoding="utf-8")
-FaceMode = Literal["auto", "detect", "none"]
-Rule = Literal["argmax", "adjusted"]
+Rule = Literal["argmax", "adjusted"]  # Ensemble.decide's rules
 
 api = FastAPI(title="fer-ray", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -121,8 +121,8 @@ class FerService:
         return [r for r in results if r is not None]
 
     @api.post("/predict")
-    async def predict(self, request: Request, faces: FaceMode = "auto",
-                      min_face: int = Query(24, ge=1, le=4096),
+    async def predict(self, request: Request, faces: FacesMode = "auto",
+                      min_face: int = Query(MIN_FACE, ge=1, le=4096),
                       rule: Rule = "argmax") -> JSONResponse:
         """Photos in (multipart, JSON base64 or a raw image body) -> faces and emotions."""
         uploads = await uploads_from(request, self.settings.max_upload_bytes)
