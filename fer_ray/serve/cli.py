@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m fer_ray.serve",
                        description="Serve an ensemble over HTTP (Ray Serve): POST /predict, "
                                    "a page at /, GET /healthz and /info.")
-    p.add_argument("--ensemble", required=True, help="an ensemble folder (or its URI)")
+    p.add_argument("--ensemble", required=True,
+                   help="an ensemble folder (or its URI), or an exported .onnx file")
     p.add_argument("--host", default=d.host,
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=d.port)
@@ -65,6 +66,14 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             raise ConfigError(f"--host {host} --port {port}: cannot listen there "
                               f"({exc.strerror or reason(exc)})") from None
+
+
+def check_ensemble(settings: ServeSettings) -> str:
+    """Load the ensemble here once, on the CPU, so a damaged one is refused (DataError, one
+    line) before Ray starts rather than by replicas that fail and are retried; its id."""
+    from fer_ray.recognize import Recognizer
+
+    return Recognizer.load(settings.ensemble, device="cpu").ensemble_id
 
 
 def join_ray(settings: ServeSettings) -> bool:
@@ -112,7 +121,7 @@ def _join_cluster(address: str, settings: ServeSettings, common: dict[str, Any])
         raise
 
 
-def serve_until_stopped(settings: ServeSettings) -> int:
+def serve_until_stopped(settings: ServeSettings, ensemble_id: str) -> int:
     """Deploy, print the URL, wait for Ctrl-C / SIGTERM, remove what was started."""
     import ray
 
@@ -127,7 +136,8 @@ def serve_until_stopped(settings: ServeSettings) -> int:
             raise
         except Exception as exc:  # a replica that failed to start: Serve says why
             raise ConfigError(f"the service did not start ({reason(exc)})") from None
-        print(f"serving {settings.ensemble} at {url} (Ctrl-C to stop)", flush=True)
+        print(f"serving {settings.ensemble} (id {ensemble_id}) at {url} (Ctrl-C to stop)",
+              flush=True)
         threading.Event().wait()  # until KeyboardInterrupt or SystemExit (SIGTERM)
     finally:
         try:
@@ -148,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         if settings.address is None:
             settings.check_fits(*local_resources(), "this machine")
             check_port_free(settings.host, settings.port)
+        ensemble_id = check_ensemble(settings)
         try:
-            return serve_until_stopped(settings)
+            return serve_until_stopped(settings, ensemble_id)
         except (KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM, from run_main
             return 0  # Ctrl-C and SIGTERM are how the service is meant to stop
 

@@ -45,13 +45,14 @@ class ServeSettings:
         return asdict(self)
 
     def check(self) -> None:
-        """ConfigError naming the flag for the first bad value; the ensemble must be a folder
-        holding ensemble.json (URIs are fetched by the replicas and checked there)."""
+        """ConfigError naming the flag for the first bad value. The ensemble must be a folder
+        holding ensemble.json or an exported ``.onnx`` file (URIs: fetched when loaded)."""
         if not storage.is_uri(self.ensemble):
-            folder = Path(self.ensemble)
-            if not (folder / ENSEMBLE_JSON).is_file():
-                raise ConfigError(f"--ensemble {shown(folder)}: not an ensemble folder "
-                                  f"(no {ENSEMBLE_JSON})")
+            where = Path(self.ensemble)
+            onnx = where.suffix == ".onnx" and where.is_file()
+            if not onnx and not (where / ENSEMBLE_JSON).is_file():
+                raise ConfigError(f"--ensemble {shown(where)}: not an ensemble folder (no "
+                                  f"{ENSEMBLE_JSON}) or .onnx file")
         if not self.host.strip():
             raise ConfigError("--host: empty")
         checks: list[tuple[bool, str]] = [
