@@ -30,8 +30,19 @@ train: $(STAMP)
 # so they run two at a time (pytest-xdist); everything else runs alone (it uses both cores).
 BAD_INPUT_TESTS := $(wildcard tests/test_*_bad_input.py) tests/test_bounds.py
 
+# The page test drives Debian's Chromium (no download at test time). Installed here when it
+# is missing and this is a root shell with apt-get (CI); otherwise the page test says so.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (Debian package) for tests/test_serve_page.py"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    >/dev/null 2>&1 || echo "note: apt-get install chromium failed"; \
+	else echo "note: $(CHROMIUM) is missing (apt-get install chromium, as root)"; fi
+
 # The whole suite (slow tests included), plus ruff and mypy.
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check fer_ray tests scripts
 	$(PY) -m mypy fer_ray
 	$(PY) -m pytest -m "slow or not slow" $(addprefix --ignore=,$(BAD_INPUT_TESTS)) $(ARGS)
