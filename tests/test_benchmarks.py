@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 BENCHES = ["bench_overhead.py", "bench_augment.py", "bench_asha.py", "bench_gpu.py",
-           "bench_quality.py", "bench_checkpoint.py"]
+           "bench_quality.py", "bench_checkpoint.py", "bench_serve.py"]
 
 
 def run_script(name: str, *args: str, timeout: float = 150) -> str:
@@ -111,3 +111,31 @@ def test_bench_checkpoint_quick() -> None:
     out = run_script("bench_checkpoint.py", "--quick")
     ratio = next(line for line in out.splitlines() if line.startswith("ratio after/before"))
     assert float(ratio.split(":")[1].split()[0]) < 0.8  # the weights are no longer written twice
+
+
+def test_bench_serve_measures_loopback_only() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_serve.py"), "--url",
+                           "http://192.0.2.1:8000/"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode != 0 and "only http://127.0.0.1" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_serve.py"), "--url",
+                           "http://127.0.0.1:1/", "--clients", "65"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "at most 64" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_bench_serve_quick(tmp_path: Path) -> None:
+    """The service deployed in-process at two batch sizes, 1 and 4 clients, plus the predict
+    CLI's cost: every row answered without errors."""
+    from support.cli import save_tiny_ensemble
+
+    ensemble = save_tiny_ensemble(tmp_path / "ensemble", members=2)
+    out = run_script("bench_serve.py", "--quick", "--ensemble", str(ensemble), timeout=400)
+    rows = [line.split("|")[1:-1] for line in out.splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ("1", "1"), ("1", "4"), ("8", "1"), ("8", "4")], out
+    assert all(float(r[2]) > 0 and r[6].strip() == "0" for r in rows), out
+    assert "predict, same photo: warm" in out and "cold" in out, out

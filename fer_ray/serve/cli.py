@@ -121,8 +121,8 @@ def _join_cluster(address: str, settings: ServeSettings, common: dict[str, Any])
         raise
 
 
-def serve_until_stopped(settings: ServeSettings, ensemble_id: str) -> int:
-    """Deploy, print the URL, wait for Ctrl-C / SIGTERM, remove what was started."""
+def serve_until_stopped(settings: ServeSettings, ensemble_id: str) -> None:
+    """Deploy, print the URL, serve until Ctrl-C / SIGTERM, remove what was started."""
     import ray
 
     from fer_ray.serve.app import deploy, undeploy
@@ -145,8 +145,6 @@ def serve_until_stopped(settings: ServeSettings, ensemble_id: str) -> int:
         finally:
             if started_ray:
                 ray.shutdown()
-        print("stopped", file=sys.stderr, flush=True)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             check_port_free(settings.host, settings.port)
         ensemble_id = check_ensemble(settings)
         try:
-            return serve_until_stopped(settings, ensemble_id)
+            serve_until_stopped(settings, ensemble_id)
         except (KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM, from run_main
-            return 0  # Ctrl-C and SIGTERM are how the service is meant to stop
+            print("stopped", file=sys.stderr, flush=True)
+        return 0  # Ctrl-C and SIGTERM are how the service is meant to stop
 
     return run_main(body)
 
