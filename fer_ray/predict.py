@@ -1,13 +1,19 @@
-"""``python -m fer_ray.predict --ensemble DIR [--out FILE] [--kaggle] INPUT...``
+"""``python -m fer_ray.predict --ensemble DIR|model.onnx [--out FILE] [--faces auto] INPUT...``
 
 Inputs: image files, folders (searched recursively), FER2013-style CSVs (a ``pixels``
-column) and ``.npz`` files with ``images``. Any size or colour is converted to 48x48
-grayscale; faces are assumed to be cropped already (no face detection). Inputs that cannot be
-read (any file type, damaged, not a regular file, over a size limit) are reported on stderr
-and in the ``error`` column; everything else is still predicted (``fer_ray.data.inputs``).
-Exit status is non-zero only when nothing could be read. ``--out`` is checked before the
-ensemble loads (not a folder, not an input, in a folder that can be created) and written to a
-temporary file that replaces it only when predictions were made. No Ray import: starts fast.
+column) and ``.npz`` files with ``images``. Faces (``--faces``, see ``fer_ray.recognize``):
+``auto`` finds the faces in photos larger than a FER crop and takes small images and CSV/npz
+rows as faces; ``detect`` finds faces in every image file; ``none`` takes every input as one
+face. One CSV row per face: ``source, face, x, y, w, h, detector_score, label, label_name,
+p_angry ... p_neutral, [deferred,] error``; a photo without a face is one row saying so.
+``--annotate DIR`` writes each photo with its boxes and top emotions drawn on (PNG).
+
+Inputs that cannot be read (any file type, damaged, not a regular file, over a size limit)
+are reported on stderr and in the ``error`` column; everything else is still predicted
+(``fer_ray.data.inputs``). Exit status is non-zero only when nothing could be read. ``--out``
+is checked before the ensemble loads and written to a temporary file that replaces it only
+when something was read. ``--engine onnx`` (or an ``.onnx`` ensemble) runs an exported
+ensemble with onnxruntime and never imports torch. No Ray import: starts fast.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import argparse
 import csv
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -25,99 +32,190 @@ import numpy as np
 from fer_ray import storage
 from fer_ray._cli import ArgumentParser, run_main
 from fer_ray.data import CLASS_NAMES
+from fer_ray.data.faces import MIN_FACE
 from fer_ray.data.inputs import Item, iter_inputs
 from fer_ray.errors import ConfigError, DataError
-from fer_ray.paths import check_output_file
+from fer_ray.paths import check_output_dir, check_output_file, shown
+from fer_ray.recognize import ENGINES, FACES_MODES, NO_FACE, FaceResult, detects, too_small
 
 if TYPE_CHECKING:  # imported when predicting: flags and paths are checked without torch
-    from fer_ray.ensemble.model import Ensemble
+    from fer_ray.annotate import Annotator
+    from fer_ray.recognize import Recognizer
 
 BATCH = 1024
+MAX_MIN_FACE = 10_000  # px: --min-face above any photo's side finds nothing, so it is a typo
 
 
 class _NothingRead(Exception):
     """No input could be read: the output file is left as it was."""
 
 
-def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    batch: list[Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+@dataclass(frozen=True)
+class Options:
+    """How rows are made and written (the CLI's flags)."""
+
+    faces: str = "auto"
+    min_face: int = MIN_FACE
+    rule: str = "argmax"
+    kaggle: bool = False
+    defer: bool = False
+    annotate: Path | None = None
 
 
-def write_predictions(ensemble: Ensemble, inputs: list[str], handle: TextIO, kaggle: bool,
-                      defer: bool, rule: str, progress: bool) -> tuple[int, int]:
-    """Predict every input and write CSV rows to ``handle``: (rows predicted, rows in all)."""
-    import torch
+@dataclass
+class Counts:
+    """read: inputs read (faces predicted or photos without a face); rows: rows written."""
 
-    writer = csv.writer(handle)
-    if kaggle:
-        writer.writerow(["id", "label"])
+    read: int = 0
+    predicted: int = 0
+    rows: int = 0
+    no_face: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class RowWriter:
+    """CSV rows in the predict format (or Kaggle's ``id,label``)."""
+
+    def __init__(self, handle: TextIO, options: Options, counts: Counts) -> None:
+        self.writer = csv.writer(handle)
+        self.options = options
+        self.counts = counts
+        if options.kaggle:
+            self.writer.writerow(["id", "label"])
+        else:
+            self.writer.writerow(["source", "face", "x", "y", "w", "h", "detector_score",
+                                  "label", "label_name", *[f"p_{c}" for c in CLASS_NAMES],
+                                  *(["deferred"] if options.defer else []), "error"])
+
+    def _empty(self, source: str, error: str) -> None:
+        self.counts.rows += 1
+        if self.options.kaggle:
+            self.writer.writerow([self.counts.rows - 1, ""])
+            return
+        self.writer.writerow([source, *[""] * (8 + len(CLASS_NAMES)),
+                              *([""] if self.options.defer else []), error])
+
+    def error(self, item: Item) -> None:
+        print(f"error: {item.source}: {item.error}", file=sys.stderr)
+        self._empty(item.source, item.error)
+
+    def no_face(self, source: str) -> None:
+        self.counts.read += 1
+        self.counts.no_face += 1
+        self._empty(source, NO_FACE)
+
+    def face(self, source: str, face: FaceResult) -> None:
+        self.counts.rows += 1
+        self.counts.predicted += 1
+        if self.options.kaggle:
+            self.writer.writerow([self.counts.rows - 1, face.label])
+            return
+        score = "" if face.detector_score is None else f"{face.detector_score:.3f}"
+        self.writer.writerow([source, face.face, *face.box, score, face.label, face.label_name,
+                              *[f"{p:.5f}" for p in face.probs],
+                              *([int(face.deferred)] if self.options.defer else []), ""])
+
+
+def _write_faces(recognizer: Recognizer, items: list[Item], rows: RowWriter) -> None:
+    """Classify a batch of items taken as whole faces, in one ensemble call."""
+    if not items:
+        return
+    crops = np.stack([item.face_image() for item in items])
+    probs, labels, deferred = recognizer.classify(crops, rows.options.rule)
+    for k, item in enumerate(items):
+        height, width = item.photo.shape[:2] if item.photo is not None else crops.shape[1:]
+        rows.counts.read += 1
+        rows.face(item.source, FaceResult(0, (0, 0, int(width), int(height)), None, probs[k],
+                                          int(labels[k]), bool(deferred[k])))
+    items.clear()
+
+
+def _write_photo(recognizer: Recognizer, item: Item, rows: RowWriter,
+                 annotator: Annotator | None) -> None:
+    """Find and classify the faces of one photo; annotate it when asked."""
+    assert item.photo is not None
+    options = rows.options
+    result = recognizer.recognize(item.photo, options.faces, options.min_face, options.rule)
+    if not result.faces:
+        rows.no_face(item.source)
     else:
-        writer.writerow(["source", "label", "label_name", *[f"p_{c}" for c in CLASS_NAMES],
-                         *(["deferred"] if defer else []), "error"])
-    ok = done = 0
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in _batches(iter_inputs(inputs), BATCH):
-            good = [i for i in batch if i.image is not None]
-            probs = np.zeros((0, len(CLASS_NAMES)))
-            labels = deferred = np.zeros(0, dtype=np.int64)
-            if good:
-                probs = ensemble.predict_proba(np.stack([i.image for i in good]))  # type: ignore[misc]
-                labels, deferred = ensemble.decide(probs, rule)
-            k = 0
-            for item in batch:
-                done += 1
-                if item.image is None:
-                    print(f"error: {item.source}: {item.error}", file=sys.stderr)
-                    writer.writerow([done - 1, ""] if kaggle else [
-                        item.source, "", "", *[""] * len(CLASS_NAMES),
-                        *([""] if defer else []), item.error])
-                    continue
-                label = int(labels[k])
-                if kaggle:
-                    writer.writerow([done - 1, label])
-                else:
-                    writer.writerow([item.source, label, CLASS_NAMES[label],
-                                     *[f"{p:.5f}" for p in probs[k]],
-                                     *([int(deferred[k])] if defer else []), ""])
-                k += 1
-                ok += 1
-            if done >= 10 * BATCH or (progress and done > BATCH):
-                rate = done / max(time.perf_counter() - start, 1e-9)
-                print(f"\r{done} rows, {rate:.0f}/s", end="", file=sys.stderr, flush=True)
-    return ok, done
+        rows.counts.read += 1
+    for face in result.faces:
+        rows.face(item.source, face)
+    if annotator is not None:
+        annotator.write(item.source, item.photo, result)
 
 
-def predict_files(ensemble_dir: str, inputs: list[str], out: Path | None, kaggle: bool,
-                  defer: bool, rule: str, device: str) -> int:
-    """Write predictions as CSV (to ``out``, else stdout); returns the rows that were read.
+def write_predictions(recognizer: Recognizer, inputs: Sequence[str], handle: TextIO,
+                      options: Options, progress: bool) -> Counts:
+    """Predict every input and write CSV rows to ``handle``.
 
-    ``out`` is replaced only when at least one row was predicted.
+    Faces taken whole are classified in batches of ``BATCH``; a photo's faces in one call,
+    so its annotation can be drawn at once (the pending batch goes first: rows keep the
+    order of the inputs).
     """
-    from fer_ray.ensemble.model import Ensemble
-    from fer_ray.models.inference import resolve_device
+    from fer_ray.annotate import Annotator
 
-    target = resolve_device(device)
-    ensemble = Ensemble.load(storage.fetch_dir(ensemble_dir)).to(target)
-    if out is None:
-        return write_predictions(ensemble, inputs, sys.stdout, kaggle, defer, rule, False)[0]
+    counts = Counts()
+    rows = RowWriter(handle, options, counts)
+    annotator = Annotator(options.annotate) if options.annotate else None
+    pending: list[Item] = []
+    for item in iter_inputs(inputs, photos=options.faces != "none"):
+        if item.photo is not None and too_small(item.photo.shape):
+            item.error = too_small(item.photo.shape)
+        if item.error:
+            _write_faces(recognizer, pending, rows)
+            rows.error(item)
+        elif item.photo is not None and detects(item.photo.shape, options.faces):
+            _write_faces(recognizer, pending, rows)
+            _write_photo(recognizer, item, rows, annotator)
+        else:
+            pending.append(item)
+            if len(pending) == BATCH:
+                _write_faces(recognizer, pending, rows)
+        if counts.rows >= 10 * BATCH or (progress and counts.rows > BATCH):
+            rate = counts.rows / max(time.perf_counter() - counts.started, 1e-9)
+            print(f"\r{counts.rows} rows, {rate:.0f}/s", end="", file=sys.stderr, flush=True)
+    _write_faces(recognizer, pending, rows)
+    return counts
+
+
+def _summary(counts: Counts, out: Path | None) -> str:
+    faces = f"{counts.predicted} faces predicted"
+    plural = "s" if counts.no_face != 1 else ""
+    missing = f", {counts.no_face} photo{plural} without a face" if counts.no_face else ""
+    return f"{faces}{missing} ({counts.rows} rows) -> {out if out else 'standard output'}"
+
+
+def predict_files(ensemble: str, inputs: list[str], out: Path | None, options: Options,
+                  engine: str = "auto", device: str = "auto") -> int:
+    """Write predictions as CSV (to ``out``, else stdout); returns how many inputs were read.
+
+    ``out`` is replaced only when at least one input was read; folders made for ``out`` or
+    ``options.annotate`` are removed again when nothing was.
+    """
+    from fer_ray.recognize import Recognizer
+
+    recognizer = Recognizer.load(ensemble, engine, device)
+    created: list[Path] = []
     try:
-        created = storage.make_dirs(out.parent)
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot create its folder ({exc.strerror})") from None
-    try:
-        with storage.atomic_path(out) as tmp:
-            with tmp.open("w", newline="", encoding="utf-8") as handle:
-                ok, done = write_predictions(ensemble, inputs, handle, kaggle, defer, rule, True)
-            if ok == 0:
+        for folder in ([out.parent] if out else []) + ([options.annotate]
+                                                        if options.annotate else []):
+            try:
+                created += storage.make_dirs(folder)
+            except OSError as exc:
+                raise ConfigError(f"{shown(folder)}: cannot create this folder "
+                                  f"({exc.strerror})") from None
+        if out is None:
+            counts = write_predictions(recognizer, inputs, sys.stdout, options, False)
+            if counts.read == 0:
                 raise _NothingRead
+        else:
+            with storage.atomic_path(out) as tmp:
+                with tmp.open("w", newline="", encoding="utf-8") as handle:
+                    counts = write_predictions(recognizer, inputs, handle, options, True)
+                if counts.read == 0:
+                    raise _NothingRead
     except _NothingRead:
         storage.remove_created(created)
         return 0
@@ -127,36 +225,74 @@ def predict_files(ensemble_dir: str, inputs: list[str], out: Path | None, kaggle
     except BaseException:
         storage.remove_created(created)
         raise
-    print(f"\n{ok} of {done} rows predicted -> {out}", file=sys.stderr)
-    return ok
+    print(("\n" if out else "") + _summary(counts, out), file=sys.stderr)
+    return counts.read
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_MIN_FACE:
+        raise argparse.ArgumentTypeError(f"{value} is not in 1..{MAX_MIN_FACE}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m fer_ray.predict",
-                       description="Predict emotions with a saved ensemble.")
-    p.add_argument("--ensemble", required=True, help="an ensemble folder (or its URI)")
+                       description="Predict the emotions of faces with a saved ensemble.")
+    p.add_argument("--ensemble", required=True,
+                   help="an ensemble folder (or its URI), or an exported .onnx file")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="torch or onnx (onnxruntime, no torch); auto: onnx for .onnx files")
     p.add_argument("--out", type=Path, help="output CSV (default: standard output)")
-    p.add_argument("--kaggle", action="store_true", help="write id,label only")
+    p.add_argument("--faces", choices=FACES_MODES, default="auto",
+                   help="auto: find faces in photos larger than 64 px, take smaller images "
+                        "and CSV/npz rows as faces; detect: always find faces; none: every "
+                        "input is one face")
+    p.add_argument("--min-face", type=_positive_int, default=MIN_FACE, metavar="PX",
+                   help=f"smallest face to report, in the photo's pixels (default {MIN_FACE}; "
+                        "the detector cannot find smaller ones)")
+    p.add_argument("--annotate", type=Path, metavar="DIR",
+                   help="write each photo with boxes and top emotions drawn on, as DIR/NAME.png")
+    p.add_argument("--kaggle", action="store_true", help="write id,label only (one row per "
+                   "input: with --faces none)")
     p.add_argument("--defer", action="store_true",
                    help="add a 'deferred' column: 1 where confidence is below the ensemble's "
                         "validation-chosen threshold")
     p.add_argument("--rule", choices=["argmax", "adjusted"], default="argmax",
                    help="adjusted: per-class biases fitted on validation for macro-F1")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (torch)")
     p.add_argument("inputs", nargs="+", help="images, folders, CSV or npz files")
     return p
+
+
+def _options(args: argparse.Namespace) -> Options:
+    """The flags as Options, after the checks that need no ensemble."""
+    faces = args.faces
+    if args.kaggle:
+        if faces == "detect" or args.annotate:
+            raise ConfigError("--kaggle writes one row per input: it cannot be used with "
+                              "--faces detect or --annotate")
+        faces = "none"
+    if args.annotate is not None and faces == "none":
+        raise ConfigError("--annotate draws found faces: use --faces auto or detect")
+    local = [] if storage.is_uri(args.ensemble) else [args.ensemble]
+    if args.out is not None:
+        check_output_file(args.out, "--out", [*args.inputs, *local])
+    if args.annotate is not None:
+        check_output_dir(args.annotate, "--annotate", ["*.png"], [*args.inputs, *local])
+    return Options(faces, args.min_face, args.rule, args.kaggle, args.defer, args.annotate)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        if args.out is not None:
-            local = [] if storage.is_uri(args.ensemble) else [args.ensemble]
-            check_output_file(args.out, "--out", [*args.inputs, *local])
-        ok = predict_files(args.ensemble, args.inputs, args.out, args.kaggle, args.defer,
-                           args.rule, args.device)
-        if ok == 0:
+        read = predict_files(args.ensemble, args.inputs, args.out, _options(args),
+                             args.engine, args.device)
+        if read == 0:
             print("error: no input could be read"
                   + (f" ({args.out} was not written)" if args.out else ""), file=sys.stderr)
             return 1

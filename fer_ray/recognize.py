@@ -38,6 +38,7 @@ FACES_MODES: tuple[str, ...] = ("auto", "detect", "none")
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
 FER_CROP_MAX = 64  # px: "auto" takes images no larger than this on both sides as one face
 NO_FACE = "no face found"
+MIN_SIDE = 8  # px: a smaller image cannot show a face; it is refused, not stretched to 48x48
 
 
 class Engine(Protocol):
@@ -107,6 +108,14 @@ def detects(shape: tuple[int, ...], faces: str) -> bool:
     """Whether an image of this (H, W[, C]) shape goes through face detection."""
     _check_mode(faces)
     return faces == "detect" or (faces == "auto" and max(shape[:2]) > FER_CROP_MAX)
+
+
+def too_small(shape: tuple[int, ...]) -> str:
+    """Why an image of this (H, W[, C]) shape cannot be a face, or ""."""
+    height, width = shape[:2]
+    if min(height, width) >= MIN_SIDE:
+        return ""
+    return f"{width}x{height} pixels: too small to show a face (at least {MIN_SIDE} a side)"
 
 
 def locate_faces(gray: np.ndarray, faces: str = "auto",
@@ -188,13 +197,18 @@ class Recognizer:
         _check_mode(faces)
         grays = [to_gray(read_photo(Path(i)) if isinstance(i, str | Path) else i)[0]
                  for i in images]
-        located = [locate_faces(gray, faces, min_face) for gray in grays]
+        located = [[] if too_small(gray.shape) else locate_faces(gray, faces, min_face)
+                   for gray in grays]
         crops = [crop for found in located for crop in found]
         probs, labels, deferred = self.classify(
             np.stack([c.image for c in crops]) if crops else np.zeros((0, 48, 48), np.uint8),
             rule)
         results, k = [], 0
         for gray, found in zip(grays, located, strict=True):
+            if too_small(gray.shape):
+                results.append(PhotoResult(gray.shape[1], gray.shape[0], [],
+                                           too_small(gray.shape)))
+                continue
             face_results = []
             for crop in found:
                 face_results.append(FaceResult(crop.face, crop.box, crop.detector_score,

@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_ray.data.faces import CROP_SCALE, CROP_SHIFT, Detection, crop_box, detect_faces
+from fer_ray.data.faces import (
+    CROP_SCALE,
+    CROP_SHIFT,
+    Detection,
+    box_iou,
+    crop_box,
+    detect_faces,
+)
 from fer_ray.data.synthetic import paste_faces
-
-
-def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def crop_square(det: Detection) -> tuple[int, int, int, int]:
@@ -38,7 +37,7 @@ def match(boxes: np.ndarray, found: list[Detection]) -> list[Detection | None]:
     """For each known box, the detection whose crop square overlaps it most (IoU >= 0.5)."""
     out: list[Detection | None] = []
     for box in boxes:
-        scored = [(iou(tuple(box), crop_square(d)), d) for d in found]
+        scored = [(box_iou(tuple(box), crop_square(d)), d) for d in found]
         best = max(scored, key=lambda s: s[0], default=(0.0, None))
         out.append(best[1] if best[0] >= 0.5 else None)
     return out
@@ -68,7 +67,8 @@ def main() -> None:
                 ratios.append(box[2] / det.w)
                 shifts.append(((box[1] + box[3] / 2) - (det.y + det.h / 2)) / det.h)
         found_n += hits
-        print(f"side {side:>3} px: recall at IoU>=0.5 {hits / len(share):.3f} ({len(share)} faces)")
+        print(f"side {side:>3} px: recall at IoU>=0.5 {hits / len(share):.3f} "
+              f"({len(share)} faces)")
     print(f"faces {total}, found {found_n} (recall {found_n / total:.3f}) with CROP_SCALE "
           f"{CROP_SCALE}, CROP_SHIFT {CROP_SHIFT}")
     print(f"measured: median side ratio {np.median(ratios):.3f} "

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 BENCHES = ["bench_overhead.py", "bench_augment.py", "bench_asha.py", "bench_gpu.py",
-           "bench_quality.py", "bench_checkpoint.py", "bench_serve.py"]
+           "bench_quality.py", "bench_checkpoint.py", "bench_faces.py", "bench_serve.py"]
 
 
 def run_script(name: str, *args: str, timeout: float = 150) -> str:
@@ -111,6 +111,12 @@ def test_bench_checkpoint_quick() -> None:
     out = run_script("bench_checkpoint.py", "--quick")
     ratio = next(line for line in out.splitlines() if line.startswith("ratio after/before"))
     assert float(ratio.split(":")[1].split()[0]) < 0.8  # the weights are no longer written twice
+
+
+def test_bench_faces_quick() -> None:
+    out = run_script("bench_faces.py", "--quick")
+    assert "4 faces found (4 pasted)" in out
+    assert "detection only" in out and "detect + crop + torch" in out
 
 
 def test_bench_serve_measures_loopback_only() -> None:

@@ -46,7 +46,9 @@ def test_predict_reproduces_the_reported_test_accuracy(
     out = tmp_path / "pred.csv"
     assert main(["--ensemble", str(ensemble), "--out", str(out), str(test)]) == 0
     df = pd.read_csv(out)
-    assert list(df.columns[:3]) == ["source", "label", "label_name"]
+    assert list(df.columns[:9]) == ["source", "face", "x", "y", "w", "h", "detector_score",
+                                    "label", "label_name"]
+    assert (df["face"] == 0).all() and (df[["w", "h"]] == 48).all().all()  # rows are faces
     assert list(df["source"][:2]) == [f"{test}:0", f"{test}:1"]  # input order kept
     labels = np.load(test)["labels"]
     assert accuracy(labels, df["label"].to_numpy()) == pytest.approx(reported)
@@ -61,7 +63,8 @@ def test_folder_with_corrupt_and_colour_images(ensemble_and_test: tuple[Path, Pa
     folder = tmp_path / "imgs" / "nested"
     folder.mkdir(parents=True)
     Image.fromarray(np.load(test)["images"][0]).save(folder / "face.png")
-    colour = np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    # 60x40: no larger than a FER crop, so taken as a face (not searched for faces)
+    colour = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     Image.fromarray(colour).save(folder / "colour.jpg")
     (folder / "broken.png").write_bytes((folder / "face.png").read_bytes()[:50])
     out = tmp_path / "p.csv"

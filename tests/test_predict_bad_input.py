@@ -344,7 +344,7 @@ def test_a_closed_stdout_ends_quietly(case_dir: Path) -> None:
                              str(t / "ens"), str(t / "many.npz")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.readline().startswith(b"source,label")
+    assert proc.stdout.readline().startswith(b"source,face,x,y,w,h")
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=180) == 1 and "Traceback" not in err and "Error" not in err, err

@@ -8,12 +8,12 @@ Of OpenCV's three frontal cascades and three settings, "alt" with minNeighbors=3
 pasted FER2013 faces at the fewest false detections for its speed (BENCHMARKS.md, "Faces").
 
 Crops are made the way FER2013's faces look: FER2013 crops show the whole face with a little
-forehead and chin, wider than the cascade's box (which spans brows to mouth). ``CROP_SCALE``
-and ``CROP_SHIFT`` were measured by detecting 2,000 FER2013 training faces pasted enlarged at
-known squares onto a background (``scripts/calibrate_crop.py``: ratio 1.08, shift +0.007): the median ratio of the known
-square to the detected box, and the median vertical offset of its centre. Crops are then
-squared, padded by edge replication where they leave the photo, and resized to 48x48 with the
-same filter as every other input (``images.resize_face``).
+forehead and chin, a little wider than the cascade's box. ``CROP_SCALE`` and ``CROP_SHIFT``
+were measured by detecting 2,000 FER2013 training faces pasted enlarged at known squares onto
+a background (``scripts/calibrate_crop.py``): the median ratio of the known square's side to
+the detected box's (1.081) and the median vertical offset of their centres (+0.007 sides).
+Crops are then squared, padded by edge replication where they leave the photo, and resized to
+48x48 with the same filter as every other input (``images.resize_face``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _lock = threading.Lock()
 @dataclass(frozen=True)
 class Detection:
     """A face found in a photo: box in the photo's pixels, and the cascade's confidence
-    (the last stage's weight: higher is surer, ~0-10)."""
+    (the last stage's weight: higher is surer; the scale is the cascade's own)."""
 
     x: int
     y: int
@@ -87,8 +87,17 @@ def detect_faces(gray: np.ndarray, min_face: int = MIN_FACE) -> list[Detection]:
     return sorted(found, key=lambda d: (d.x, d.y))
 
 
+def box_iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes (how detections are scored)."""
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
 def crop_box(det: Detection) -> tuple[int, int, int]:
-    """The square (left, top, side) a FER2013 crop of this detection covers; may leave the photo."""
+    """The square (left, top, side) a FER2013-style crop of this detection covers (it may
+    reach beyond the photo)."""
     side = round(max(det.w, det.h) * CROP_SCALE)
     cx = det.x + det.w / 2
     cy = det.y + det.h / 2 + CROP_SHIFT * det.h

@@ -29,6 +29,9 @@ from fer_ray.data.images import (
     parse_pixel_row,
     parse_pixel_strings,
     read_image,
+    read_photo,
+    resize_face,
+    to_gray,
 )
 from fer_ray.data.loaders import IMAGE_SUFFIXES
 from fer_ray.data.npz_files import read_npz
@@ -42,11 +45,24 @@ _CHUNK = 1024  # CSV rows parsed at once
 
 @dataclass
 class Item:
-    """One input row: an image (48, 48) uint8, or the reason it could not be read."""
+    """One input row: an image (48, 48) uint8, or the reason it could not be read.
+
+    photo: the whole picture (H, W, 3) uint8 RGB, for image files read with ``photos=True``
+    (faces are to be found in it); ``image`` is then None until ``face_image`` makes it.
+    """
 
     source: str
     image: np.ndarray | None
     error: str = ""
+    photo: np.ndarray | None = None
+
+    def face_image(self) -> np.ndarray:
+        """The (48, 48) uint8 face of a readable item (the whole picture, resized)."""
+        if self.image is None:
+            if self.photo is None:
+                raise ValueError(f"{self.source}: no image ({self.error})")
+            self.image = resize_face(to_gray(self.photo)[0])
+        return self.image
 
 
 def _failed(path: Path, exc: BaseException) -> Item:
@@ -141,7 +157,7 @@ def _npz_items(path: Path) -> Iterator[Item]:
         yield Item(f"{shown(path)}:{index}", image)
 
 
-def _file_items(path: Path) -> Iterator[Item]:
+def _file_items(path: Path, photos: bool) -> Iterator[Item]:
     """One regular file's Items; anything that goes wrong ends it with one error Item."""
     suffix = path.suffix.lower()
     try:
@@ -149,6 +165,8 @@ def _file_items(path: Path) -> Iterator[Item]:
             yield from _csv_items(path)
         elif suffix == ".npz":
             yield from _npz_items(path)
+        elif photos:
+            yield Item(shown(path), None, photo=read_photo(path))
         else:
             yield Item(shown(path), read_image(path)[0])
     except Exception as exc:  # decoders and parsers raise many types; each is one bad input
@@ -176,7 +194,7 @@ def _folder_files(folder: Path) -> Iterator[Path | Item]:
         yield entry
 
 
-def _path_items(path: Path, given: bool = True) -> Iterator[Item]:
+def _path_items(path: Path, photos: bool, given: bool = True) -> Iterator[Item]:
     """Items of a path given on the command line, or (given=False) found in a folder, where
     a link to a folder is not followed."""
     try:
@@ -188,17 +206,22 @@ def _path_items(path: Path, given: bool = True) -> Iterator[Item]:
         yield Item(shown(path), None, f"cannot read ({exc.strerror or reason(exc)})")
         return
     if stat.S_ISREG(mode):
-        yield from _file_items(path)
+        yield from _file_items(path, photos)
     elif stat.S_ISDIR(mode):
         if not given:
             return
         for entry in _folder_files(path):
-            yield from _path_items(entry, False) if isinstance(entry, Path) else iter([entry])
+            yield from (_path_items(entry, photos, False) if isinstance(entry, Path)
+                        else iter([entry]))
     else:
         yield Item(shown(path), None, f"{kind(mode)}, not a regular file")
 
 
-def iter_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Item]:
-    """Every input as Items, in the order given (folders: sorted, recursive)."""
+def iter_inputs(inputs: Iterable[str | os.PathLike[str]],
+                photos: bool = False) -> Iterator[Item]:
+    """Every input as Items, in the order given (folders: sorted, recursive).
+
+    photos: image files keep their whole picture (``Item.photo``) for face detection.
+    """
     for raw in inputs:
-        yield from _path_items(Path(raw))
+        yield from _path_items(Path(raw), photos)

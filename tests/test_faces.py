@@ -1,0 +1,206 @@
+"""Faces in real photos: detection, FER-style crops, one row per face, annotated photos.
+
+Real pictures: scikit-image's astronaut (a portrait photo shipped inside its wheel) and
+photos built from FER2013 faces pasted enlarged at known squares (skipped without
+FER2013_DIR). The ensemble is a real tiny one with random weights: these tests are about
+where faces are and which crops are classified, not about accuracy.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from fer_ray.data.faces import Detection, box_iou, crop_box, crop_face, detect_faces
+from fer_ray.data.images import decode_photo, read_photo, to_gray
+from fer_ray.data.synthetic import paste_faces
+from fer_ray.predict import main
+from fer_ray.recognize import NO_FACE, Recognizer, locate_faces
+from tests.support.cli import save_tiny_ensemble
+
+ASTRONAUT_FACE = (177, 66, 95, 95)  # x, y, w, h: where her face is (checked by eye)
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_ensemble(tmp_path_factory.mktemp("faces") / "ensemble", members=2)
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fer_photo(fer2013_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(photo (480, 640), known boxes (k, 4), the pasted faces (k, 48, 48)): 20 FER2013
+    PublicTest faces pasted at 96 px."""
+    images = np.load(fer2013_dir / "public_test.npz")["images"]
+    faces = images[np.random.default_rng(3).choice(len(images), 20, replace=False)]
+    photo, boxes = paste_faces(faces, 96, seed=3)
+    return photo, boxes, faces
+
+
+def test_the_astronaut_has_one_face_where_it_is() -> None:
+    found = detect_faces(to_gray(skdata.astronaut())[0])
+    assert len(found) == 1 and box_iou((found[0].x, found[0].y, found[0].w, found[0].h),
+                                   ASTRONAUT_FACE) > 0.8
+    assert detect_faces(to_gray(skdata.chelsea())[0]) == []  # a cat: no human face
+
+
+def test_pasted_fer2013_faces_are_found_at_their_squares(
+        fer_photo: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    photo, boxes, _ = fer_photo
+    found = detect_faces(photo)
+    squares = [(*crop_box(d)[:2], crop_box(d)[2], crop_box(d)[2]) for d in found]
+    hits = [max((box_iou(tuple(b), s) for s in squares), default=0.0) >= 0.5 for b in boxes]
+    recall = float(np.mean(hits))
+    print(f"recall at IoU >= 0.5: {recall:.2f} of {len(boxes)} FER2013 faces")
+    assert recall >= 0.6  # measured 0.69 on 2,000 faces (scripts/calibrate_crop.py)
+    assert len(found) - sum(hits) <= 2  # few detections where no face was pasted
+    assert all(crop_face(photo, d).shape == (48, 48) for d in found)
+
+
+def test_crops_near_the_border_repeat_the_edge() -> None:
+    photo = np.arange(100 * 120, dtype=np.uint32).reshape(100, 120).astype(np.uint8)
+    crop = crop_face(photo, Detection(-10, -10, 40, 40, 1.0))
+    assert crop.shape == (48, 48) and crop.dtype == np.uint8
+
+
+def test_auto_takes_small_images_as_faces_and_searches_large_ones() -> None:
+    small = np.zeros((48, 48), np.uint8)
+    assert [c.box for c in locate_faces(small, "auto")] == [(0, 0, 48, 48)]
+    assert locate_faces(small, "detect") == []
+    big = to_gray(skdata.astronaut())[0]
+    assert len(locate_faces(big, "auto")) == 1
+    assert [c.box for c in locate_faces(big, "none")] == [(0, 0, 512, 512)]
+
+
+def test_the_python_api_matches_the_cli_rows(ensemble: Path, astronaut: Path,
+                                             tmp_path: Path) -> None:
+    rec = Recognizer.load(ensemble, device="cpu")
+    from_path = rec.recognize(astronaut)
+    from_array = rec.recognize(skdata.astronaut())
+    many = rec.recognize_many([skdata.astronaut(), skdata.chelsea()])
+    assert len(from_path.faces) == 1 and many[1].faces == [] and many[1].error == NO_FACE
+    for other in (from_array.faces[0], many[0].faces[0]):
+        np.testing.assert_allclose(other.probs, from_path.faces[0].probs, atol=1e-6)
+    out = tmp_path / "rows.csv"
+    assert main(["--ensemble", str(ensemble), "--out", str(out), str(astronaut)]) == 0
+    row = pd.read_csv(out).iloc[0]
+    face = from_path.faces[0]
+    assert (row["face"], row["x"], row["y"], row["w"], row["h"]) == (0, *face.box)
+    assert row["label_name"] == face.label_name
+    probs = row[[c for c in row.index if c.startswith("p_")]].to_numpy(dtype=float)
+    np.testing.assert_allclose(probs, face.probs, atol=6e-6)
+    assert face.to_dict()["box"] == dict(zip("xywh", face.box, strict=True))
+
+
+def test_a_photo_of_fer2013_faces_gives_a_row_per_face_and_an_annotated_png(
+        ensemble: Path, fer_photo: tuple[np.ndarray, np.ndarray, np.ndarray],
+        tmp_path: Path) -> None:
+    photo, boxes, _ = fer_photo
+    Image.fromarray(photo).save(tmp_path / "group.png")
+    skdata_cat = tmp_path / "cat.jpg"
+    Image.fromarray(skdata.chelsea()).save(skdata_cat)
+    out, drawn = tmp_path / "rows.csv", tmp_path / "annotated"
+    assert main(["--ensemble", str(ensemble), "--out", str(out), "--annotate", str(drawn),
+                 str(tmp_path / "group.png"), str(skdata_cat)]) == 0
+    df = pd.read_csv(out, keep_default_na=False)
+    group = df[df["source"] == str(tmp_path / "group.png")]
+    found = detect_faces(photo)
+    assert list(group["face"].astype(int)) == list(range(len(found)))
+    assert [tuple(r) for r in group[["x", "y", "w", "h"]].astype(int).to_numpy()] == [
+        (d.x, d.y, d.w, d.h) for d in found]
+    assert (group["error"] == "").all() and (group["detector_score"] != "").all()
+    cat = df[df["source"] == str(skdata_cat)]
+    assert len(cat) == 1 and cat["error"].iloc[0] == NO_FACE and cat["label"].iloc[0] == ""
+    annotated = np.asarray(Image.open(drawn / "group.png").convert("RGB"))
+    assert annotated.shape == (*photo.shape, 3) and (drawn / "cat.png").exists()
+    for d in found:  # the box outline is drawn in colour on the gray photo (labels of other
+        # faces may cover parts of it)
+        rows = slice(d.y, d.y + d.h)
+        edges = np.concatenate([annotated[rows, d.x], annotated[rows, d.x + d.w - 1],
+                                annotated[d.y + d.h - 1, d.x:d.x + d.w]])
+        assert (np.ptp(edges.astype(int), axis=1) > 60).mean() > 0.75
+    gray_elsewhere = annotated[boxes[:, 1].min() - 3:boxes[:, 1].min() - 1]
+    assert gray_elsewhere.size == 0 or np.ptp(gray_elsewhere.astype(int), axis=-1).max() < 60
+
+
+def _variants(folder: Path) -> dict[str, Path]:
+    """The astronaut in awkward formats, plus inputs that cannot be predicted."""
+    rgb = Image.fromarray(skdata.astronaut())
+    paths = {}
+    for name, image, fmt in [("cmyk.jpg", rgb.convert("CMYK"), "JPEG"),
+                             ("alpha.png", rgb.convert("RGBA"), "PNG"),
+                             ("palette.gif", rgb.convert("P"), "GIF")]:
+        image.save(folder / name, fmt)
+        paths[name] = folder / name
+    wide = (np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(wide).save(folder / "16bit.png")
+    paths["16bit.png"] = folder / "16bit.png"
+    Image.new("L", (1, 1), 128).save(folder / "tiny.png")
+    paths["tiny.png"] = folder / "tiny.png"
+    buffer = io.BytesIO()
+    rgb.save(buffer, "PNG")
+    (folder / "corrupt.png").write_bytes(buffer.getvalue()[:4000])
+    paths["corrupt.png"] = folder / "corrupt.png"
+    from tests.support.cli import png_declaring
+
+    paths["huge.png"] = png_declaring(folder / "huge.png", 8000, 8000)
+    return paths
+
+
+def test_awkward_and_bad_photos_each_get_their_row(ensemble: Path, tmp_path: Path) -> None:
+    paths = _variants(tmp_path)
+    out = tmp_path / "rows.csv"
+    proc = subprocess.run([sys.executable, "-m", "fer_ray.predict", "--ensemble", str(ensemble),
+                           "--out", str(out), *map(str, paths.values())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(out, keep_default_na=False).set_index("source")
+    for name in ("cmyk.jpg", "alpha.png", "palette.gif", "16bit.png"):
+        row = df.loc[str(paths[name])]
+        box = tuple(int(row[k]) for k in "xywh")
+        assert row["error"] == "" and box_iou(box, ASTRONAUT_FACE) > 0.7, (name, box)
+    errors = {name: df.loc[str(paths[name]), "error"] for name in
+              ("tiny.png", "corrupt.png", "huge.png")}
+    assert "too small to show a face" in errors["tiny.png"]
+    assert "cannot decode image" in errors["corrupt.png"]
+    assert "megapixel limit" in errors["huge.png"]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 3 and "Traceback" not in proc.stderr
+
+
+def test_uploads_decode_like_files(astronaut: Path) -> None:
+    np.testing.assert_array_equal(decode_photo(astronaut.read_bytes(), "upload"),
+                                  read_photo(astronaut))
+    with pytest.raises(Exception, match="upload: cannot decode image"):
+        decode_photo(b"GIF89a not really", "upload")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--faces", "none", "--annotate", "{t}/a"], "--annotate draws found faces"),
+    (["--kaggle", "--faces", "detect"], "--kaggle writes one row per input"),
+    (["--min-face", "0"], "--min-face: 0 is not in 1..10000"),
+    (["--faces", "eyes"], "--faces: invalid choice"),
+])
+def test_face_flags_are_checked_before_anything_runs(ensemble: Path, astronaut: Path,
+                                                     tmp_path: Path, flags: list[str],
+                                                     message: str) -> None:
+    flags = [f.replace("{t}", str(tmp_path)) for f in flags]
+    proc = subprocess.run([sys.executable, "-m", "fer_ray.predict", "--ensemble", str(ensemble),
+                           *flags, str(astronaut)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert message in lines[-1] and not (tmp_path / "a").exists(), proc.stderr
