@@ -119,15 +119,15 @@ def test_a_raw_image_body_and_a_photo_without_a_face(served: Service) -> None:
     assert result["faces"] == [] and result["error"] == "no face found"
 
 
-def test_a_1x1_image_is_one_tiny_face(served: Service) -> None:
-    """Documented choice: a 1x1 image is answered (200) as one face crop, like predict does
-    for small images; ``?faces=detect`` says no face was found instead."""
+def test_a_1x1_image_is_answered_with_no_face_and_why(served: Service) -> None:
+    """Documented choice: a 1x1 image is a valid image, so 200, with no face and the
+    Recognizer's reason (as predict reports it), not a 4xx."""
     pixel = png_bytes(np.zeros((1, 1, 3), np.uint8))
-    (result,) = post_file(served, pixel).json()["photos"]
-    assert [f["box"] for f in result["faces"]] == [{"x": 0, "y": 0, "w": 1, "h": 1}]
-    assert abs(sum(result["faces"][0]["probs"].values()) - 1) < 1e-3
-    detected = post_file(served, pixel, query="?faces=detect")
-    assert detected.status_code == 200 and detected.json()["photos"][0]["faces"] == []
+    response = post_file(served, pixel)
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["photos"]
+    assert result["faces"] == [] and "too small to show a face" in result["error"]
+    assert (result["width"], result["height"]) == (1, 1)
 
 
 @pytest.mark.parametrize(("send", "status", "expected"), [
