@@ -211,6 +211,7 @@ def run_deployed(args: argparse.Namespace, photo: bytes) -> list[str]:
     from fer_ray.serve.settings import ServeSettings
 
     ray.init(include_dashboard=False, logging_level=logging.ERROR)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not a line per redeploy
     rows: list[str] = []
     try:
         port = args.port or free_port()
@@ -236,8 +237,10 @@ HEADER = ("| max-batch | clients | requests/s | p50 ms | p95 ms | p99 ms | error
 def main() -> int:
     args = checked(build_parser().parse_args())
     photo = read_photo(args.photo)
+    deployed = "" if args.url else (f"; replicas {args.replicas} x {args.cpus_per_replica:g} "
+                                     f"CPU, batch wait {args.batch_wait_ms:g} ms")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; "
-          f"the clients run in this process; {args.seconds:g} s per run", flush=True)
+          f"the clients run in this process; {args.seconds:g} s per run{deployed}", flush=True)
     print(HEADER, flush=True)
     if args.url:
         batch = requests.get(args.url + "info", timeout=30).json()["settings"]["max_batch"]
