@@ -51,7 +51,7 @@ class Load:
     seconds: float
     latencies: list[float]
     errors: int
-    photos: int  # photos and ensemble calls in the replica meanwhile (from /info)
+    photos: int  # photos and ensemble calls in the replica meanwhile (from /info; 0: unknown)
     batches: int
 
     def row(self, max_batch: str) -> str:
@@ -71,8 +71,12 @@ def loopback_url(url: str) -> str:
 
 
 def counts(url: str) -> tuple[int, int]:
-    replica = requests.get(url + "info", timeout=30).json()["replica"]
-    return int(replica["photos"]), int(replica["batches"])
+    """(photos, ensemble calls) so far, or (0, 0) with several replicas: /info answers from
+    whichever replica the request reached, so differences would mix replicas."""
+    info = requests.get(url + "info", timeout=30).json()
+    if info["settings"]["replicas"] > 1:
+        return 0, 0
+    return int(info["replica"]["photos"]), int(info["replica"]["batches"])
 
 
 def load(url: str, photo: bytes, clients: int, seconds: float) -> Load:
