@@ -19,7 +19,6 @@ probabilities (``python -m fer_ray.export`` checks it). No Ray import.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,11 +127,6 @@ def locate_faces(gray: np.ndarray, faces: str = "auto",
             for i, d in enumerate(detect_faces(gray, min_face))]
 
 
-def ensemble_id(record: bytes) -> str:
-    """A stable id of an ensemble: the start of the sha256 of its ensemble.json bytes."""
-    return hashlib.sha256(record).hexdigest()[:16]
-
-
 class Recognizer:
     """A loaded ensemble plus face finding: load once, call on many photos."""
 
@@ -163,17 +157,14 @@ class Recognizer:
 
             onnx = OnnxEnsemble.load(Path(location))
             return cls(onnx, onnx.ensemble_id, str(onnx.format_version), onnx.members)
-        from fer_ray.ensemble.model import ENSEMBLE_JSON, Ensemble
+        from fer_ray.ensemble.model import Ensemble
+        from fer_ray.ensemble.record import FORMAT_VERSION
         from fer_ray.models.inference import resolve_device
 
         target = resolve_device(device)
-        folder = storage.fetch_dir(str(location))
-        torch_ensemble = Ensemble.load(folder).to(target)
-        record = (folder / ENSEMBLE_JSON).read_bytes()
+        torch_ensemble = Ensemble.load(storage.fetch_dir(str(location))).to(target)
         members = [{"name": m.name, "info": m.info} for m in torch_ensemble.members]
-        from fer_ray.ensemble.record import FORMAT_VERSION
-
-        return cls(torch_ensemble, ensemble_id(record), str(FORMAT_VERSION), members)
+        return cls(torch_ensemble, torch_ensemble.ensemble_id, str(FORMAT_VERSION), members)
 
     def classify(self, crops: np.ndarray,
                  rule: str = "argmax") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,7 +172,7 @@ class Recognizer:
         if len(crops) == 0:
             return (np.zeros((0, len(CLASS_NAMES))), np.zeros(0, dtype=np.int64),
                     np.zeros(0, dtype=bool))
-        probs = self.engine.predict_proba(crops)
+        probs = np.asarray(self.engine.predict_proba(crops), dtype=np.float64)
         labels, deferred = self.engine.decide(probs, rule)
         return probs, labels, deferred
 

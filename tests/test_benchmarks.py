@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 BENCHES = ["bench_overhead.py", "bench_augment.py", "bench_asha.py", "bench_gpu.py",
-           "bench_quality.py", "bench_checkpoint.py", "bench_faces.py", "bench_serve.py"]
+           "bench_quality.py", "bench_checkpoint.py", "bench_faces.py", "bench_onnx.py",
+           "bench_serve.py"]
 
 
 def run_script(name: str, *args: str, timeout: float = 150) -> str:
@@ -117,6 +118,22 @@ def test_bench_faces_quick() -> None:
     out = run_script("bench_faces.py", "--quick")
     assert "4 faces found (4 pasted)" in out
     assert "detection only" in out and "detect + crop + torch" in out
+
+
+@pytest.mark.slow
+def test_bench_onnx_quick(tmp_path: Path) -> None:
+    """A tiny random-weight ensemble: the throughput row, the parity verdicts, cold starts."""
+    import numpy as np
+    from support.cli import faces, save_tiny_ensemble
+
+    ensemble = save_tiny_ensemble(tmp_path / "ens", members=2)
+    np.savez(tmp_path / "test.npz", images=faces(600), labels=np.zeros(600, np.int64))
+    out = run_script("bench_onnx.py", "--quick", "--ensemble", str(ensemble), "--test",
+                     str(tmp_path / "test.npz"))
+    assert "(goal <= 1e-4: met)" in out, out
+    row = next(line.split() for line in out.splitlines() if line.startswith("      1     64"))
+    assert float(row[2]) > 0 and float(row[3]) > 0
+    assert "python -c pass" in out and "predict (torch engine), one png" in out
 
 
 def test_bench_serve_measures_loopback_only() -> None:

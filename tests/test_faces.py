@@ -71,6 +71,15 @@ def test_pasted_fer2013_faces_are_found_at_their_squares(
     assert all(crop_face(photo, d).shape == (48, 48) for d in found)
 
 
+def test_a_small_box_inside_a_found_face_is_not_a_second_face(fer2013_dir: Path) -> None:
+    # These four faces at 160 px gave a fifth 45 px "face" on the mouth of the fourth.
+    images = np.load(fer2013_dir / "public_test.npz")["images"][[0, 5, 9, 21]]
+    photo, boxes = paste_faces(images, 160, seed=1)
+    found = detect_faces(photo)
+    assert len(found) == 4
+    assert all(max(box_iou(tuple(b), (d.x, d.y, d.w, d.h)) for b in boxes) > 0.6 for d in found)
+
+
 def test_crops_near_the_border_repeat_the_edge() -> None:
     photo = np.arange(100 * 120, dtype=np.uint32).reshape(100, 120).astype(np.uint8)
     crop = crop_face(photo, Detection(-10, -10, 40, 40, 1.0))

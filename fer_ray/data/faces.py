@@ -84,14 +84,35 @@ def detect_faces(gray: np.ndarray, min_face: int = MIN_FACE) -> list[Detection]:
                        float(score))
              for (x, y, w, h), score in zip(np.reshape(boxes, (-1, 4)),
                                             np.reshape(weights, -1), strict=True)]
-    return sorted(found, key=lambda d: (d.x, d.y))
+    return sorted(_drop_nested(found), key=lambda d: (d.x, d.y))
+
+
+def _drop_nested(found: list[Detection]) -> list[Detection]:
+    """Detections that are not mostly (half their area or more) inside a larger one.
+
+    The cascade's own grouping merges boxes of similar size only; a small box on an eye or
+    mouth inside a found face is a second "face" a user would call a mistake.
+    """
+    kept: list[Detection] = []
+    for det in sorted(found, key=lambda d: -d.w * d.h):
+        box = (det.x, det.y, det.w, det.h)
+        inside = any(_intersection(box, (big.x, big.y, big.w, big.h)) >= 0.5 * det.w * det.h
+                     for big in kept)
+        if not inside:
+            kept.append(det)
+    return kept
+
+
+def _intersection(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """Area shared by two (x, y, w, h) boxes."""
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy
 
 
 def box_iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     """Intersection over union of two (x, y, w, h) boxes (how detections are scored)."""
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
+    inter = _intersection(a, b)
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 

@@ -138,7 +138,10 @@ def to_gray(img: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
     if channels in (1, 2):
         return np.ascontiguousarray(arr8[:, :, 0]), converted
     if channels in (3, 4):
-        return _luma(arr8), True
+        # PIL's C conversion: the same bytes as _luma, ~30x faster and without its uint32
+        # temporaries (a 36-megapixel photo would need 1.3 GB for them).
+        mode = "RGB" if channels == 3 else "RGBA"
+        return np.asarray(Image.fromarray(np.ascontiguousarray(arr8), mode).convert("L")), True
     return np.ascontiguousarray(arr8), converted
 
 

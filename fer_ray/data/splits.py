@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from fer_ray.config import DataConfig
 from fer_ray.data._types import CLASS_NAMES, NUM_CLASSES, RawDataset, Split
 from fer_ray.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: predict starts without it
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ def add_test_split(data: FerData, path: str, name: str = "test") -> None:
 def class_distribution(data: FerData) -> pd.DataFrame:
     """Counts and ratios per class and split: rows = class names, columns '<split> n/%'."""
     splits: dict[str, Split] = {"train": data.train, "val": data.val, **data.tests}
+    import pandas as pd
+
     table = pd.DataFrame(index=list(CLASS_NAMES))
     for name, split in splits.items():
         if split.labels is None:

@@ -10,7 +10,7 @@ for a target coverage and then applied to test.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -149,3 +149,24 @@ def defer_mask(
 ) -> np.ndarray:
     """(n,) bool, True where the ensemble abstains (confidence < threshold)."""
     return np.asarray(confidence(probs, kind) < threshold)
+
+
+def decide_labels(probs: np.ndarray, rule: str, class_biases: np.ndarray,
+                  defer_threshold: float | None, defer_kind: str = "max_prob"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n,) int64, deferred (n,) bool) from ensemble probabilities (n, K).
+
+    The one decision of every engine (``Ensemble``, ``OnnxEnsemble``). rule: "argmax" (most
+    accurate) or "adjusted" (argmax of log p + class_biases (K,), fitted on validation for
+    macro-F1: rare classes such as disgust get predicted more often). deferred: confidence
+    (``defer_kind``) below ``defer_threshold``; all False when the threshold is None.
+    """
+    if rule not in ("argmax", "adjusted"):
+        raise ConfigError(f"decision rule {rule!r} is not 'argmax' or 'adjusted'")
+    p = np.asarray(probs)
+    if p.ndim == 2 and p.shape[0] == 0:  # nothing to decide: an empty batch stays empty
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    labels = p.argmax(1) if rule == "argmax" else predict_with_biases(p, class_biases)
+    if defer_threshold is None:
+        return labels, np.zeros(len(labels), dtype=bool)
+    return labels, defer_mask(p, defer_threshold, cast(ConfidenceKind, defer_kind))

@@ -4,13 +4,14 @@
 architectures come from the JSON configs through the model registry, the weights from
 safetensors files.
 
-Prediction: each member's softmax (optionally averaged with the mirror image: TTA) ->
+Prediction: each member's softmax (with TTA, of its logits averaged with the mirror image's) ->
 weighted soft vote -> temperature scaling -> argmax of log-probabilities + per-class biases;
 optionally abstain ("defer") when the confidence is below a threshold chosen on validation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from fer_ray import storage
 from fer_ray.config import TrainConfig, to_dict
 from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.calibration import temperature_scale
-from fer_ray.ensemble.decision import defer_mask, predict_with_biases
+from fer_ray.ensemble.decision import decide_labels
 from fer_ray.ensemble.record import FORMAT_VERSION, parse_record
 from fer_ray.ensemble.voting import SoftVotingEnsemble
 from fer_ray.errors import ConfigError, DataError
@@ -44,6 +45,10 @@ class Member:
     config: TrainConfig
     model: VGGFer
     info: dict[str, Any] = field(default_factory=dict)  # val metrics, trial id, source path
+
+
+def _weights_file(member: Member) -> str:
+    return f"members/{member.name}.safetensors"
 
 
 @dataclass
@@ -87,16 +92,31 @@ class Ensemble:
         rule: "argmax" (most accurate) or "adjusted" (per-class biases fitted on validation
         for macro-F1: rare classes such as disgust get predicted more often).
         """
-        if rule not in ("argmax", "adjusted"):
-            raise ConfigError(f"decision rule {rule!r} is not 'argmax' or 'adjusted'")
-        labels = probs.argmax(1) if rule == "argmax" else predict_with_biases(
-            probs, self.class_biases)
-        if self.defer_threshold is None:
-            return labels, np.zeros(len(labels), dtype=bool)
-        return labels, defer_mask(probs, self.defer_threshold, self.defer_kind)  # type: ignore[arg-type]
+        return decide_labels(probs, rule, self.class_biases, self.defer_threshold,
+                             self.defer_kind)
 
     def predict(self, images: np.ndarray, rule: str = "argmax") -> np.ndarray:
         return self.decide(self.predict_proba(images), rule)[0]
+
+    def to_json(self) -> bytes:
+        """The ``ensemble.json`` that ``save`` writes: everything but the member weights."""
+        entries = [{"name": m.name, "weights_file": _weights_file(m),
+                    "config": to_dict(m.config), "info": m.info} for m in self.members]
+        record = {
+            "format_version": FORMAT_VERSION, "classes": list(CLASS_NAMES),
+            "members": entries, "weights": [float(w) for w in self.weights],
+            "tta": self.tta, "temperature": float(self.temperature),
+            "class_biases": [float(b) for b in self.class_biases],
+            "defer": {"kind": self.defer_kind, "threshold": self.defer_threshold},
+            "info": self.info,
+        }
+        return json.dumps(record, indent=2).encode()
+
+    @property
+    def ensemble_id(self) -> str:
+        """sha256 of ``to_json()``: of the ``ensemble.json`` of a folder ``save`` wrote. An
+        exported ``.onnx`` carries it, so both engines name the same ensemble the same way."""
+        return hashlib.sha256(self.to_json()).hexdigest()
 
     def save(self, directory: str | Path) -> Path:
         """Write members/<name>.safetensors and ensemble.json.
@@ -107,21 +127,9 @@ class Ensemble:
         """
         with storage.replace_dir(directory, ENSEMBLE_FILES) as tmp:
             (tmp / "members").mkdir()
-            entries = []
             for member in self.members:
-                weights_file = f"members/{member.name}.safetensors"
-                save_weights(member.model, tmp / weights_file)
-                entries.append({"name": member.name, "weights_file": weights_file,
-                                "config": to_dict(member.config), "info": member.info})
-            record = {
-                "format_version": FORMAT_VERSION, "classes": list(CLASS_NAMES),
-                "members": entries, "weights": [float(w) for w in self.weights],
-                "tta": self.tta, "temperature": float(self.temperature),
-                "class_biases": [float(b) for b in self.class_biases],
-                "defer": {"kind": self.defer_kind, "threshold": self.defer_threshold},
-                "info": self.info,
-            }
-            storage.write_bytes(str(tmp / ENSEMBLE_JSON), json.dumps(record, indent=2).encode())
+                save_weights(member.model, tmp / _weights_file(member))
+            storage.write_bytes(str(tmp / ENSEMBLE_JSON), self.to_json())
         return Path(directory)
 
     @classmethod

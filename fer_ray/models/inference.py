@@ -51,6 +51,15 @@ def as_float_images(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
+def tta_logits(model: torch.nn.Module, x: torch.Tensor, hflip_tta: bool) -> torch.Tensor:
+    """Logits (N, 7) float32 of float images x (N, 1, H, W); hflip_tta: the mean of the logits
+    of each image and its mirror image. Also traced into the ONNX export, so both agree."""
+    logits = model(x).float()
+    if hflip_tta:
+        logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
+    return logits
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor,
                    device: torch.device | None = None, batch_size: int = EVAL_BATCH,
@@ -67,10 +76,7 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor,
     out = []
     for start in range(0, data.shape[0], batch_size):
         x = as_float_images(data[start:start + batch_size].to(device))
-        logits = model(x).float()
-        if hflip_tta:
-            logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
-        out.append(logits)
+        out.append(tta_logits(model, x, hflip_tta))
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 7, device=device)
 
