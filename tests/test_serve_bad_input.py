@@ -45,6 +45,13 @@ def test_a_gpu_asked_for_on_a_machine_without_one(ensemble: Path) -> None:
                    "--gpus-per-replica 1: this machine has no GPU")
 
 
+def test_an_onnx_ensemble_on_a_gpu(ensemble: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not checked: the flags are refused first")
+    assert_refused(run("serve", "--ensemble", str(model), "--gpus-per-replica", "1"),
+                   "an .onnx ensemble runs on the CPU")
+
+
 def test_a_port_already_taken(ensemble: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

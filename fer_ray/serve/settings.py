@@ -71,6 +71,10 @@ class ServeSettings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.gpus_per_replica > 0 and str(self.ensemble).endswith(".onnx"):
+            raise ConfigError(f"--gpus-per-replica {self.gpus_per_replica:g}: an .onnx "
+                              f"ensemble runs on the CPU (onnxruntime); serve the ensemble "
+                              f"folder to use a GPU")
         if self.gpus_per_replica > 1 and self.gpus_per_replica != int(self.gpus_per_replica):
             raise ConfigError(f"--gpus-per-replica {self.gpus_per_replica:g}: above 1 it must "
                               f"be a whole number")
