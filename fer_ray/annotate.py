@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_ray import storage
+from fer_ray.errors import DataError
+from fer_ray.paths import shown
 from fer_ray.recognize import PhotoResult
 
 _GREEN = (40, 200, 60)  # RGB; deferred faces (not sure enough) are drawn orange
@@ -68,5 +70,9 @@ class Annotator:
 
     def write(self, source: str, rgb: np.ndarray, result: PhotoResult) -> Path:
         path = self.folder / self.name_for(source)
-        storage.write_bytes(str(path), png_bytes(draw_faces(rgb, result)))
+        try:
+            storage.write_bytes(str(path), png_bytes(draw_faces(rgb, result)))
+        except OSError as exc:  # a full disk, a folder removed meanwhile
+            raise DataError(f"--annotate {shown(path)}: cannot write "
+                            f"({exc.strerror or exc})") from None
         return path

@@ -206,22 +206,22 @@ def predict_files(ensemble: str, inputs: list[str], out: Path | None, options: O
             except OSError as exc:
                 raise ConfigError(f"{shown(folder)}: cannot create this folder "
                                   f"({exc.strerror})") from None
-        if out is None:
+        if out is None:  # a closed pipe (| head) is the CLI wrapper's to report
             counts = write_predictions(recognizer, inputs, sys.stdout, options, False)
             if counts.read == 0:
                 raise _NothingRead
         else:
-            with storage.atomic_path(out) as tmp:
-                with tmp.open("w", newline="", encoding="utf-8") as handle:
-                    counts = write_predictions(recognizer, inputs, handle, options, True)
-                if counts.read == 0:
-                    raise _NothingRead
+            try:
+                with storage.atomic_path(out) as tmp:
+                    with tmp.open("w", newline="", encoding="utf-8") as handle:
+                        counts = write_predictions(recognizer, inputs, handle, options, True)
+                    if counts.read == 0:
+                        raise _NothingRead
+            except OSError as exc:  # a full disk, a vanished folder: the old output stays
+                raise DataError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     except _NothingRead:
         storage.remove_created(created)
         return 0
-    except OSError as exc:  # a full disk, a vanished folder: the old output stays
-        storage.remove_created(created)
-        raise DataError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         storage.remove_created(created)
         raise
