@@ -26,9 +26,11 @@ search: $(STAMP)
 train: $(STAMP)
 	$(PY) -m fer_ray.train $(ARGS)
 
-# The bad-input tables: hundreds of short CLI subprocesses, mostly Python start-up on one core,
-# so they run two at a time (pytest-xdist); everything else runs alone (it uses both cores).
-BAD_INPUT_TESTS := $(wildcard tests/test_*_bad_input.py) tests/test_bounds.py
+# Two passes: tests that start no Ray and are not slow (unit tests and the bad-input tables:
+# hundreds of short CLI subprocesses, mostly Python start-up on one core) run two at a time
+# (pytest-xdist); Ray clusters, searches, services and real-data training run one at a time,
+# because they use both cores and some of them plan around the time they take.
+QUICK := not slow and not ray
 
 # The page test drives Debian's Chromium (no download at test time). Installed here when it
 # is missing and this is a root shell with apt-get (CI); otherwise the page test says so.
@@ -45,8 +47,8 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check fer_ray tests scripts
 	$(PY) -m mypy fer_ray
-	$(PY) -m pytest -m "slow or not slow" $(addprefix --ignore=,$(BAD_INPUT_TESTS)) $(ARGS)
-	$(PY) -m pytest -m "slow or not slow" -n 2 $(BAD_INPUT_TESTS) $(ARGS)
+	$(PY) -m pytest -m "$(QUICK)" -n 2 --durations=15 $(ARGS)
+	$(PY) -m pytest -m "not ($(QUICK))" --durations=25 $(ARGS)
 
 # Quick local loop: slow tests skipped.
 test-fast: $(STAMP)
@@ -54,7 +56,7 @@ test-fast: $(STAMP)
 
 # Quicker: no slow tests and nothing that starts Ray (unit tests, two at a time).
 test-quick: $(STAMP)
-	$(PY) -m pytest -m "not slow and not ray" -n 2 $(ARGS)
+	$(PY) -m pytest -m "$(QUICK)" -n 2 $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check fer_ray tests scripts

@@ -57,10 +57,11 @@ class Load:
     def row(self, max_batch: str) -> str:
         lat = sorted(self.latencies) or [float("nan")]
         pct = [lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 for q in (0.5, 0.95, 0.99)]
-        mean_batch = self.photos / self.batches if self.batches else float("nan")
+        # "-": several replicas, whose batches /info cannot add up (see ``counts``)
+        mean_batch = f"{self.photos / self.batches:.1f}" if self.batches else "-"
         return (f"| {max_batch} | {self.clients} | {len(self.latencies) / self.seconds:.1f} | "
                 f"{pct[0]:.0f} | {pct[1]:.0f} | {pct[2]:.0f} | {self.errors} | "
-                f"{mean_batch:.1f} |")
+                f"{mean_batch} |")
 
 
 def loopback_url(url: str) -> str:
