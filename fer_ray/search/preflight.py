@@ -64,7 +64,7 @@ def check_resources(settings: SearchSettings) -> None:
         trials_that_fit(settings, cpus, gpus, "this machine")
         return
     if settings.address:
-        _check_reachable(settings.address)
+        check_reachable(settings.address)
     try:
         init_ray(settings)
     except Exception as exc:  # Ray raises ConnectionError, ValueError, RuntimeError, ...
@@ -73,7 +73,7 @@ def check_resources(settings: SearchSettings) -> None:
     _max_concurrent(settings)
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """A HOST:PORT address must answer at all: Ray itself retries a dead one for minutes."""
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():

@@ -104,9 +104,9 @@ def _join_cluster(address: str, settings: ServeSettings, common: dict[str, Any])
     import ray
 
     # The search's check, reused: Ray itself retries a dead address for minutes.
-    from fer_ray.search.preflight import _check_reachable
+    from fer_ray.search.preflight import check_reachable
 
-    _check_reachable(address)
+    check_reachable(address)
     try:
         ray.init(address=address, **common)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError ...
