@@ -1,4 +1,5 @@
-"""What every fer-ray CLI shares: known errors become one line on stderr and exit code 2."""
+"""What every fer-ray CLI shares: known errors become one line on stderr and exit code 2;
+checks of flags more than one CLI takes (``--address``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import argparse
 import os
 import platform
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
 from importlib import metadata
 from typing import NoReturn
 
-from fer_ray.errors import FerRayError
+from fer_ray.errors import ConfigError, FerRayError, reason
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -59,3 +61,15 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def check_reachable(address: str) -> None:
+    """A HOST:PORT address must answer at all: Ray itself retries a dead one for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto" and ray:// addresses: Ray's own lookup fails fast
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there "
+                          f"({exc.strerror or reason(exc)})") from None

@@ -103,6 +103,16 @@ def test_nothing_outside_serve_imports_serve() -> None:
     assert users == set()
 
 
+def test_serve_reads_a_finished_ensemble_without_search_or_training_code() -> None:
+    # serve imports Ray (Ray Serve), but it is on the reading side of the house: it must not
+    # reach back into the search, the trainable or the training loop.
+    graph = import_graph()
+    reached = {t for m, targets in graph.items() if m.startswith("fer_ray.serve")
+               for t in targets
+               if t.startswith(("fer_ray.search", "fer_ray.trainable", "fer_ray.train"))}
+    assert reached == set()
+
+
 def _loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
     """The modules starting with ``prefixes`` that ``import {imports}`` loads, in a fresh
     interpreter."""

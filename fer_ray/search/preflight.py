@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ import ray
 import torch
 
 from fer_ray import storage
+from fer_ray._cli import check_reachable
 from fer_ray.errors import ConfigError, reason
 from fer_ray.experiment import SEARCH_JSON, TRIAL_PREFIX, SearchSettings, trials_that_fit
 from fer_ray.paths import check_creatable, shown
@@ -71,18 +71,6 @@ def check_resources(settings: SearchSettings) -> None:
         raise ConfigError(f"--address {settings.address}: cannot join the Ray cluster "
                           f"({reason(exc)})") from None
     _max_concurrent(settings)
-
-
-def check_reachable(address: str) -> None:
-    """A HOST:PORT address must answer at all: Ray itself retries a dead one for minutes."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return  # "auto" and ray:// addresses: Ray's own lookup fails fast
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
-    except OSError as exc:
-        raise ConfigError(f"--address {address}: no Ray cluster answers there "
-                          f"({exc.strerror or reason(exc)})") from None
 
 
 def _claim(path: str, record: dict[str, Any]) -> list[Path]:

@@ -17,7 +17,7 @@ import threading
 import warnings
 from typing import Any
 
-from fer_ray._cli import ArgumentParser, run_main
+from fer_ray._cli import ArgumentParser, check_reachable, run_main
 from fer_ray.errors import ConfigError, FerRayError, reason
 from fer_ray.serve.settings import ServeSettings, local_resources
 
@@ -103,10 +103,7 @@ def _join_cluster(address: str, settings: ServeSettings, common: dict[str, Any])
     """Join --address; ConfigError when it does not answer or the replicas cannot fit."""
     import ray
 
-    # The search's check, reused: Ray itself retries a dead address for minutes.
-    from fer_ray.search.preflight import check_reachable
-
-    check_reachable(address)
+    check_reachable(address)  # Ray itself retries a dead address for minutes
     try:
         ray.init(address=address, **common)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError ...
