@@ -12,16 +12,14 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from fer_ray.ensemble.decision import LOG_EPS
 from fer_ray.errors import ConfigError
 from fer_ray.metrics import log_loss
-
-# Clip before log so one zero probability does not become -inf (and NaN after scaling).
-_LOG_EPS = 1e-12
 
 
 def probs_to_logits(probs: np.ndarray) -> np.ndarray:
     """(n, K) log(clip(probs, 1e-12, 1)): logits whose softmax gives back probs."""
-    return np.log(np.clip(np.asarray(probs, dtype=np.float64), _LOG_EPS, 1.0))
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), LOG_EPS, 1.0))
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:

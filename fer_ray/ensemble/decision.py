@@ -20,7 +20,7 @@ from fer_ray.metrics import confusion_matrix, macro_f1, per_class_scores
 Objective = Literal["macro_f1", "balanced_accuracy"]
 ConfidenceKind = Literal["max_prob", "margin"]
 
-_LOG_EPS = 1e-12
+LOG_EPS = 1e-12  # probabilities are clipped here before log: log(0) would be -inf
 
 
 def _check(probs: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -44,7 +44,7 @@ def _score(labels: np.ndarray, preds: np.ndarray, k: int, objective: Objective) 
 def predict_with_biases(probs: np.ndarray, biases: np.ndarray) -> np.ndarray:
     """(n,) int64 argmax(log p + biases); biases (K,)."""
     p = _check(probs)
-    logp = np.log(np.clip(p, _LOG_EPS, 1.0))
+    logp = np.log(np.clip(p, LOG_EPS, 1.0))
     return np.argmax(logp + np.asarray(biases, dtype=np.float64)[None, :], axis=1).astype(np.int64)
 
 
@@ -73,7 +73,7 @@ def fit_class_biases(
         raise ConfigError(f"n_rounds: must be >= 1, got {n_rounds}")
     values = np.linspace(-2.0, 2.0, 41) if grid is None else np.asarray(grid, dtype=np.float64)
     k = p.shape[1]
-    logp = np.log(np.clip(p, _LOG_EPS, 1.0))
+    logp = np.log(np.clip(p, LOG_EPS, 1.0))
     biases = np.zeros(k)
     best = _score(y, np.argmax(logp, axis=1), k, objective)
     for _ in range(n_rounds):

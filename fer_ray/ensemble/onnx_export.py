@@ -29,7 +29,7 @@ from torch import nn
 
 from fer_ray import __version__, storage
 from fer_ray.data import CLASS_NAMES
-from fer_ray.ensemble.calibration import _LOG_EPS
+from fer_ray.ensemble.decision import LOG_EPS
 from fer_ray.ensemble.model import Ensemble
 from fer_ray.ensemble.onnx_model import (
     FORMAT_VERSION,
@@ -70,7 +70,7 @@ class EnsembleGraph(nn.Module):
         probas = torch.stack([torch.softmax(tta_logits(net, x, self.tta), dim=1)
                               for net in self.nets])
         voted = (probas * self.weights).sum(0)
-        logits = torch.log(voted.clamp(_LOG_EPS, 1.0)) / self.temperature
+        logits = torch.log(voted.clamp(LOG_EPS, 1.0)) / self.temperature
         return torch.softmax(logits, dim=1)
 
 
