@@ -7,6 +7,7 @@ Images are (N, 48, 48) uint8 throughout; models take (N, 1, 48, 48) float in [0,
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,6 +37,13 @@ def resolve_device(name: str | None = None) -> torch.device:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ConfigError(f"device: {name!r}, but there are {torch.cuda.device_count()} GPUs")
     return device
+
+
+def local_resources() -> tuple[int, int]:
+    """(CPUs this process may use, CUDA GPUs) on this machine, without starting Ray."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    return cpus, torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:

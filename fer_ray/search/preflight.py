@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 
 from fer_ray import storage
 from fer_ray._cli import check_reachable
 from fer_ray.errors import ConfigError, reason
 from fer_ray.experiment import SEARCH_JSON, TRIAL_PREFIX, SearchSettings, trials_that_fit
+from fer_ray.models.inference import local_resources
 from fer_ray.paths import check_creatable, shown
 from fer_ray.search.tuner import _max_concurrent, init_ray
 
@@ -58,10 +57,7 @@ def check_resources(settings: SearchSettings) -> None:
     Ray this process already runs), the cluster is joined and its resources are read.
     """
     if settings.address is None and not ray.is_initialized():
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        trials_that_fit(settings, cpus, gpus, "this machine")
+        trials_that_fit(settings, *local_resources(), "this machine")
         return
     if settings.address:
         check_reachable(settings.address)

@@ -19,7 +19,7 @@ from typing import Any
 
 from fer_ray._cli import ArgumentParser, check_reachable, run_main
 from fer_ray.errors import ConfigError, FerRayError, reason
-from fer_ray.serve.settings import ServeSettings, local_resources
+from fer_ray.serve.settings import ServeSettings
 
 DEFAULTS = ServeSettings(ensemble="")
 
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
         settings.check()
         if settings.address is None:
+            from fer_ray.models.inference import local_resources  # torch: after the flags
+
             settings.check_fits(*local_resources(), "this machine")
             check_port_free(settings.host, settings.port)
         ensemble_id = check_ensemble(settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -95,12 +94,3 @@ class ServeSettings:
                               f"{self.cpus_per_replica:g} = {need_cpus:g} CPUs, but {where} "
                               f"has {cpus:g}")
 
-
-def local_resources() -> tuple[float, float]:
-    """(CPUs this process may use, CUDA GPUs) on this machine, without starting Ray."""
-    import torch
-
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return float(cpus), float(gpus)
