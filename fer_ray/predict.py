@@ -161,7 +161,7 @@ def write_predictions(recognizer: Recognizer, inputs: Sequence[str], handle: Tex
     annotator = Annotator(options.annotate) if options.annotate else None
     pending: list[Item] = []
     for item in iter_inputs(inputs, photos=options.faces != "none"):
-        if item.photo is not None and too_small(item.photo.shape):
+        if item.photo is not None:
             item.error = too_small(item.photo.shape)
         if item.error:
             _write_faces(recognizer, pending, rows)

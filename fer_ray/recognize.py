@@ -188,23 +188,19 @@ class Recognizer:
         _check_mode(faces)
         grays = [to_gray(read_photo(Path(i)) if isinstance(i, str | Path) else i)[0]
                  for i in images]
-        located = [[] if too_small(gray.shape) else locate_faces(gray, faces, min_face)
-                   for gray in grays]
+        refused = [too_small(gray.shape) for gray in grays]
+        located = [[] if why else locate_faces(gray, faces, min_face)
+                   for gray, why in zip(grays, refused, strict=True)]
         crops = [crop for found in located for crop in found]
         probs, labels, deferred = self.classify(
             np.stack([c.image for c in crops]) if crops else np.zeros((0, 48, 48), np.uint8),
             rule)
         results, k = [], 0
-        for gray, found in zip(grays, located, strict=True):
-            if too_small(gray.shape):
-                results.append(PhotoResult(gray.shape[1], gray.shape[0], [],
-                                           too_small(gray.shape)))
-                continue
-            face_results = []
-            for crop in found:
-                face_results.append(FaceResult(crop.face, crop.box, crop.detector_score,
-                                               probs[k], int(labels[k]), bool(deferred[k])))
-                k += 1
+        for gray, why, found in zip(grays, refused, located, strict=True):
+            face_results = [FaceResult(crop.face, crop.box, crop.detector_score, probs[k + i],
+                                       int(labels[k + i]), bool(deferred[k + i]))
+                            for i, crop in enumerate(found)]
+            k += len(found)
             results.append(PhotoResult(gray.shape[1], gray.shape[0], face_results,
-                                       "" if face_results else NO_FACE))
+                                       why or ("" if face_results else NO_FACE)))
         return results
