@@ -94,6 +94,9 @@ class SearchSettings:
     max_failures: int = 2
     dashboard: bool = False
     device: str = "auto"  # the driver's work after the search: scoring, the ensemble
+    # Every trial's training arithmetic (TrainConfig.precision): "fp32" stands in for a CPU
+    # without native bf16 on one that has it.
+    precision: str = "auto"
 
     def trial_limit(self) -> int:
         """Trials to run, for Ray Tune: -1 = keep proposing until the deadline."""
@@ -141,6 +144,8 @@ class SearchSettings:
             raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"--time-budget: {self.time_budget} minutes must be positive")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"--precision: {self.precision!r} is not auto, bf16 or fp32")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"mode: {self.mode!r} must be 'max' or 'min'")
         return self
@@ -268,6 +273,7 @@ def settings_from_record(record: dict[str, Any], location: str | os.PathLike[str
 def base_config(settings: SearchSettings) -> TrainConfig:
     """What every trial starts from: the search's data, seed and epoch budget."""
     return merge(TrainConfig(), {"epochs": settings.epochs_cap(), "seed": settings.seed,
+                                 "precision": settings.precision,
                                  "data": {"path": settings.data,
                                           "val_fraction": settings.val_fraction,
                                           "subsample": settings.subsample,

@@ -7,9 +7,9 @@ images/s and a checkpoint holding what later stages need: ``model.safetensors`` 
 state, without the weights, loaded with ``weights_only=True``) so a retried trial continues
 where it stopped, not from epoch 0.
 
-With a deadline (``TrialSetup.stop_at``) a trial plans its schedule to end before it: after
-each epoch it shortens ``planned_epochs`` to what still fits at its measured pace, and its
-learning-rate schedule anneals by the new end instead of being cut off at a high rate.
+With a deadline (``TrialSetup.stop_at``) a trial plans its optimizer steps to end just before
+it (``fer_ray.train.budget``): after each epoch it re-plans from its measured pace, up or
+down, and its learning-rate schedule anneals by the new end, a partial last epoch included.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from fer_ray.errors import ConfigError
 from fer_ray.experiment import TrialStatus, split_trial_number, trial_seed
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, WEIGHTS, load_weights, read_config, save_model
 from fer_ray.space import SearchSpace, check_architecture
-from fer_ray.train.loop import DeadlinePlanner, Trainer
+from fer_ray.train.budget import DeadlinePlanner, evaluate_from, should_evaluate
+from fer_ray.train.loop import Trainer
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -65,6 +66,9 @@ class TrialSetup:
     gpus_per_trial: float = 0.0
     stop_at: float | None = None  # epoch seconds by which every trial must have stopped
     trial_seconds: float | None = None  # each trial's time share (budgeted searches)
+    # Whether the scheduler compares trials on the way (ASHA): then every epoch is evaluated
+    # and reported; without it a budgeted trial evaluates from half its plan on.
+    early_stopping: bool = True
     # Fault injection for tests: raise after this epoch (0 = off), on the first attempt only
     # ("once"), on every attempt ("always"), or a CUDA out-of-memory error ("oom").
     fail_at_epoch: int = 0
@@ -107,9 +111,10 @@ def _resume(trainer: Trainer) -> None:
         # and keeps Adam's step counter on the host, as torch expects (no per-step syncs).
         state = torch.load(Path(directory) / TRAINER_STATE, weights_only=True,
                            map_location="cpu")
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state)  # with the steps it had planned
         saved, _ = read_config(directory)
-    trainer.plan_epochs(saved.epochs)
+    if "total_steps" not in state:  # saved before plans were in steps
+        trainer.plan_epochs(saved.epochs)
 
 
 def _report_epoch(trainer: Trainer, params: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -170,8 +175,8 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
 
 def _train_trial(trainer: Trainer, params: dict[str, Any], setup: TrialSetup,
                  started: float) -> None:
-    """Resume if there is a checkpoint, then train and report epoch by epoch until the plan
-    (or the deadline, or a diverging loss) ends the trial."""
+    """Resume if there is a checkpoint, then train until the plan (or the deadline, or a
+    diverging loss) ends the trial, reporting every evaluated epoch with a checkpoint."""
     _resume(trainer)
     resumed_from = trainer.epoch
     if setup.fail_mode == "always" and 0 < setup.fail_at_epoch <= resumed_from:
@@ -181,20 +186,26 @@ def _train_trial(trainer: Trainer, params: dict[str, Any], setup: TrialSetup,
     if setup.trial_seconds is not None:
         deadline = min(deadline or math.inf, started + setup.trial_seconds)
     planner = DeadlinePlanner(trainer, deadline) if deadline is not None else None
-    while trainer.epoch < trainer.config.epochs:
-        metrics: dict[str, Any] = dict(trainer.run_epoch())
-        metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag="ok",
-                       train_end=time.time() - metrics["eval_seconds"],
-                       device=str(trainer.device.type),
-                       cuda_initialized=torch.cuda.is_initialized())
+    share = evaluate_from(trainer.config, deadline is not None,
+                          setup.early_stopping or trainer.config.patience > 0)
+    while not trainer.done:
+        end = min(trainer.step + trainer.steps_per_epoch, trainer.total_steps)
+        evaluated = should_evaluate(trainer.epoch + 1, end, trainer.total_steps, share)
+        metrics: dict[str, Any] = dict(trainer.run_epoch(evaluate=evaluated))
         if not math.isfinite(metrics["train_loss"]):
             # A NaN/inf loss never recovers: stop now, without a checkpoint of broken weights.
             _report_terminal(TrialStatus.DIVERGED, trainer.epoch,
                              {"train_loss": metrics["train_loss"]})
             return
         if planner is not None:
-            planner.after_epoch()
-        metrics.update(planned_epochs=trainer.config.epochs, seed=trainer.config.seed)
+            planner.after_epoch(metrics, evaluated)
+        if not evaluated:
+            continue  # nothing to report: Tune's metric is the validation accuracy
+        metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag="ok",
+                       train_end=time.time() - metrics["eval_seconds"],
+                       device=str(trainer.device.type),
+                       cuda_initialized=torch.cuda.is_initialized(),
+                       planned_epochs=trainer.config.epochs, seed=trainer.config.seed)
         _report_epoch(trainer, params, metrics)
         if trainer.epoch == setup.fail_at_epoch:
             if setup.fail_mode == "oom":

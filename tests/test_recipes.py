@@ -13,7 +13,7 @@ from fer_ray.config import AugmentConfig, OptimConfig, TrainConfig, merge
 from fer_ray.data import FerData
 from fer_ray.train import Trainer, fit, get_preset
 from fer_ray.train.augment import mix_batch, random_crop, random_erasing
-from fer_ray.train.loop import budgeted_epochs, pixel_stats, resolve_precision
+from fer_ray.train.loop import pixel_stats, resolve_precision
 from fer_ray.train.optim import StepSchedule, build_scheduler, shorten_schedule
 
 TINY = merge(get_preset("tiny"), {"optim": {"batch_size": 32, "lr": 3e-3}})
@@ -107,17 +107,6 @@ def test_pixel_stats_match_numpy() -> None:
     pixels = images.astype(np.float64) / 255.0
     assert mean == pytest.approx(pixels.mean(), rel=1e-12)
     assert std == pytest.approx(pixels.std(), rel=1e-9)
-
-
-@pytest.mark.parametrize(("done", "planned", "pace", "left", "expected"), [
-    (0, 10, 5.0, 100.0, 10),  # plenty of time
-    (2, 10, 5.0, 20.0, 6),  # four more epochs fit
-    (3, 10, 5.0, 0.0, 3),  # none fits: stop now
-    (3, 10, 5.0, -9.0, 3),
-])
-def test_budgeted_epochs(done: int, planned: int, pace: float, left: float,
-                         expected: int) -> None:
-    assert budgeted_epochs(done, planned, pace, left) == expected
 
 
 def test_fit_with_a_deadline_plans_fewer_epochs_and_ends_in_time(small_data: FerData) -> None:

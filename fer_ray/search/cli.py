@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device,
                    help="where the work after the search runs (scoring the best model, the "
                         "ensemble's candidates and TTA): auto, cpu, cuda, cuda:1")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision,
+                   help="the trials' training arithmetic: auto (bf16 where the hardware has "
+                        "it natively), bf16 or fp32")
     return p
 
 

@@ -97,9 +97,12 @@ def train_main(args: argparse.Namespace, started: float) -> int:
 
     def show(m: dict[str, float]) -> None:
         planned = f"/{int(m['planned_epochs'])}" if "planned_epochs" in m else ""
+        # A budgeted run evaluates from half-way on: the epochs before have no val figures.
+        val = (f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  "
+               f"val_f1 {m['val_macro_f1']:.4f}" if "val_acc" in m else
+               "(not evaluated: the schedule's best epoch comes later)")
         print(f"epoch {int(m['epoch']):3d}{planned}  train_loss {m['train_loss']:.4f}  "
-              f"train_acc {m['train_acc']:.4f}  val_loss {m['val_loss']:.4f}  "
-              f"val_acc {m['val_acc']:.4f}  val_f1 {m['val_macro_f1']:.4f}  "
+              f"train_acc {m['train_acc']:.4f}  {val}  "
               f"{m['images_per_s']:.0f} img/s  {m['epoch_seconds']:.1f} s", flush=True)
 
     deadline = None

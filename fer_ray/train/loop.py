@@ -38,6 +38,12 @@ from fer_ray.models.inference import (
     to_device_images,
 )
 from fer_ray.train.augment import augment_batch, mix_batch
+from fer_ray.train.budget import (
+    DeadlinePlanner,
+    evaluate_from,
+    planned_epochs,
+    should_evaluate,
+)
 from fer_ray.train.optim import (
     build_optimizer,
     build_scheduler,
@@ -126,18 +132,22 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.batch_size = min(config.optim.batch_size, len(train))
         self.steps_per_epoch = max(len(train) // self.batch_size, 1)
+        # The plan is in optimizer steps: a run fitted into a deadline ends with a partial
+        # epoch, and its schedule anneals by then (``plan_steps``).
+        self.total_steps = self.steps_per_epoch * config.epochs
         self.optimizer = build_optimizer(self.model.parameters(), config.optim, self.device)
-        self.scheduler = build_scheduler(self.optimizer, config.optim,
-                                         self.steps_per_epoch * config.epochs,
+        self.scheduler = build_scheduler(self.optimizer, config.optim, self.total_steps,
                                          self.steps_per_epoch)
         self.epoch = 0
+        self.step = 0  # optimizer steps done
         self.val_probs: np.ndarray = np.zeros((len(val), 7), np.float32)
         # Called once, with the seconds per step, after the first PROBE_STEPS steps of the
         # next epoch (a DeadlinePlanner sizes the schedule with it).
         self.step_probe: Callable[[float], None] | None = None
 
     def train_epoch(self) -> dict[str, float]:
-        """One pass over the shuffled training set; returns train_loss, train_acc, images_per_s."""
+        """One pass over the shuffled training set (or what is left of the planned steps);
+        returns train_loss, train_acc, images_per_s, epoch_seconds (training only), steps."""
         self.model.train()
         cfg = self.config
         n = self.x_train.shape[0]
@@ -148,7 +158,10 @@ class Trainer:
         per_batch_schedule = self.scheduler is not None and steps_per_batch(cfg.optim)
         start = time.perf_counter()
         probe_start = start
+        steps = 0
         for step in range(self.steps_per_epoch):
+            if self.step >= self.total_steps:
+                break  # the plan ends inside this epoch (or was shortened during it)
             if self.step_probe is not None and step in (WARMUP_STEPS,
                                                         WARMUP_STEPS + PROBE_STEPS):
                 # A host sync, twice per run: the steps so far must have finished to be timed.
@@ -179,6 +192,8 @@ class Trainer:
             loss_sum += loss.detach() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
+            steps += 1
+            self.step += 1
         loss_value = float(loss_sum) / max(seen, 1)  # the one sync of the epoch
         seconds = time.perf_counter() - start
         self.epoch += 1
@@ -187,6 +202,7 @@ class Trainer:
             "train_acc": float(correct) / max(seen, 1),
             "images_per_s": seen / max(seconds, 1e-9),
             "epoch_seconds": seconds,
+            "steps": float(steps),
         }
 
     def evaluate(self) -> dict[str, float]:
@@ -204,21 +220,38 @@ class Trainer:
             "eval_seconds": time.perf_counter() - start,
         }
 
-    def run_epoch(self) -> dict[str, float]:
-        """Train one epoch, evaluate, step the plateau schedule; the epoch's metrics."""
+    def run_epoch(self, evaluate: bool = True) -> dict[str, float]:
+        """Train one epoch, evaluate (unless ``evaluate`` is False: a budgeted run skips the
+        epochs that cannot be its best), step the plateau schedule; the epoch's metrics."""
         metrics = self.train_epoch()
-        metrics.update(self.evaluate())
+        if evaluate:
+            metrics.update(self.evaluate())
         if self.config.optim.schedule == "plateau" and self.scheduler is not None:
             self.scheduler.step(metrics["val_acc"])  # type: ignore[arg-type]
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["epoch"] = float(self.epoch)
         return metrics
 
-    def plan_epochs(self, epochs: int) -> None:
-        """Train ``epochs`` in all instead (a per-step schedule then ends there)."""
+    @property
+    def done(self) -> bool:
+        """Whether the planned steps are all trained."""
+        return self.step >= self.total_steps
+
+    def plan_steps(self, total: int) -> None:
+        """Train ``total`` optimizer steps in all instead (at least those done: ``total`` equal
+        to them stops the run); a per-step schedule then ends there, and
+        ``config.epochs`` is the epochs that takes (the last one partial)."""
+        total = max(total, self.step, 1)
+        if total != self.total_steps:
+            self.total_steps = total
+            shorten_schedule(self.scheduler, total)
+        epochs = planned_epochs(total, self.steps_per_epoch)
         if epochs != self.config.epochs:
             self.config = dataclasses.replace(self.config, epochs=epochs)
-            shorten_schedule(self.scheduler, self.steps_per_epoch * epochs)
+
+    def plan_epochs(self, epochs: int) -> None:
+        """Train ``epochs`` whole epochs in all instead."""
+        self.plan_steps(self.steps_per_epoch * epochs)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly (for checkpoints)."""
@@ -231,6 +264,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
             "epoch": self.epoch,
+            "step": self.step,
+            "total_steps": self.total_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -246,64 +281,12 @@ class Trainer:
         if self.cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.epoch = int(state["epoch"])
+        # States saved before plans were in steps: whole epochs.
+        self.step = int(state.get("step", self.epoch * self.steps_per_epoch))
+        self.plan_steps(int(state.get("total_steps", self.total_steps)))
 
 
 EpochCallback = Callable[[dict[str, float]], None]
-
-
-def budgeted_epochs(done: int, planned: int, seconds_per_epoch: float, seconds_left: float
-                    ) -> int:
-    """The epochs a run should plan in all: ``planned``, or fewer when the epochs after the
-    ``done`` ones would not end within ``seconds_left`` at ``seconds_per_epoch`` each."""
-    fit = int(max(seconds_left, 0.0) // max(seconds_per_epoch, 1e-9))
-    return max(done, min(planned, done + fit))
-
-
-def replan_for_deadline(trainer: Trainer, seconds_per_epoch: float, deadline: float,
-                        most: int | None = None) -> int:
-    """Plan the trainer's epochs so that it ends by ``deadline`` (epoch seconds) at
-    ``seconds_per_epoch``: at most ``most`` (default: its current plan, i.e. only shorten);
-    its schedule then anneals by the new end. Returns the plan."""
-    planned = budgeted_epochs(trainer.epoch, most or trainer.config.epochs, seconds_per_epoch,
-                              deadline - time.time())
-    trainer.plan_epochs(max(planned, 1))
-    return trainer.config.epochs
-
-
-class DeadlinePlanner:
-    """Keeps a Trainer's plan ending by ``deadline``: first from the speed of the first
-    training steps (so even epoch 1 runs about the right schedule), then after every epoch
-    from the pace of the epochs so far (training, evaluation, checkpoints; the first epoch,
-    slowed by warm-up, left out once there are others), with a 10 % margin.
-
-    In the first half of its plan the plan may grow again (up to the config's epochs) when
-    epochs got faster; after that it only shortens, so an annealing schedule never jumps up.
-    """
-
-    EVAL_SHARE = 0.15  # evaluation and checkpoint, as a share of a training epoch (estimate)
-
-    def __init__(self, trainer: Trainer, deadline: float) -> None:
-        self.trainer, self.deadline = trainer, deadline
-        self.last, self.first_epoch = time.time(), trainer.epoch
-        self.epoch_seconds: list[float] = []
-        self.most = trainer.config.epochs
-        if trainer.epoch == 0:
-            trainer.step_probe = self.probe
-
-    def probe(self, seconds_per_step: float) -> None:
-        pace = 1.1 * (1 + self.EVAL_SHARE) * seconds_per_step * self.trainer.steps_per_epoch
-        replan_for_deadline(self.trainer, pace, self.deadline, self.most)
-
-    def after_epoch(self) -> int:
-        """Re-plan after an epoch; the epochs now planned in all."""
-        now = time.time()
-        self.epoch_seconds.append(now - self.last)
-        self.last = now
-        recent = self.epoch_seconds[1:] or self.epoch_seconds
-        pace = 1.1 * sum(recent) / len(recent)
-        may_grow = self.trainer.epoch <= self.trainer.config.epochs / 2
-        return replan_for_deadline(self.trainer, pace, self.deadline,
-                                   self.most if may_grow else None)
 
 
 def fit(config: TrainConfig, data: FerData, device: torch.device | str | None = None,
@@ -314,7 +297,9 @@ def fit(config: TrainConfig, data: FerData, device: torch.device | str | None = 
     keep_best: return the weights and validation probabilities of the best epoch (highest
     validation accuracy); False keeps the last epoch's (``FitResult.best`` is still the best
     epoch's metrics). deadline: epoch seconds by which training must end; the run then plans
-    fewer epochs (``FitResult.history[-1]["planned_epochs"]``).
+    its optimizer steps to end there (``FitResult.history[-1]["planned_epochs"]``, the last
+    epoch partial), and with an annealing schedule evaluates only from half-way on (the
+    other epochs' history rows have no validation figures).
     """
     trainer = Trainer(config, data.train, data.val, device)
     history: list[dict[str, float]] = []
@@ -323,15 +308,21 @@ def fit(config: TrainConfig, data: FerData, device: torch.device | str | None = 
     best_probs = trainer.val_probs
     stale = 0
     planner = DeadlinePlanner(trainer, deadline) if deadline is not None else None
-    while trainer.epoch < trainer.config.epochs:
-        metrics = trainer.run_epoch()
+    share = evaluate_from(config, deadline is not None, config.patience > 0)
+    while not trainer.done:
+        end = min(trainer.step + trainer.steps_per_epoch, trainer.total_steps)
+        evaluated = should_evaluate(trainer.epoch + 1, end, trainer.total_steps, share)
+        metrics = trainer.run_epoch(evaluate=evaluated)
         if planner is not None:
-            metrics["planned_epochs"] = float(planner.after_epoch())
+            planner.after_epoch(metrics, evaluated)
+            metrics["planned_epochs"] = float(trainer.config.epochs)
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
         if not np.isfinite(metrics["train_loss"]):
             break  # diverged: more epochs cannot help
+        if not evaluated:
+            continue
         if not best or metrics["val_acc"] > best["val_acc"]:
             best, stale = dict(metrics), 0
             if keep_best:
@@ -348,6 +339,6 @@ def fit(config: TrainConfig, data: FerData, device: torch.device | str | None = 
     trainer.model.eval()
     return FitResult(
         model=trainer.model, history=history, best=best, val_probs=best_probs,
-        val_labels=trainer.val_labels, stopped_early=len(history) < trainer.config.epochs,
+        val_labels=trainer.val_labels, stopped_early=not trainer.done,
         extra={"config": trainer.config},
     )
