@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,13 +100,91 @@ def test_forward_flops_matches_seed_hw3() -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_bench_quality_quick(tmp_path: Path) -> None:
-    """Baseline and search, one minute each on synthetic faces: the side-by-side table."""
-    out = run_script("bench_quality.py", "--quick", "--storage", str(tmp_path), timeout=400)
-    for row in ("baseline (hand-written recipe, flip TTA)", "search: best single model",
-                "search: ensemble", "baseline wall / budget:", "search wall / budget:"):
-        assert row in out, out[-2000:]
+    """Baseline and search, one minute each on synthetic faces, one seed: the per-face
+    predictions saved (and the same accuracies as the runs recorded), then combined again."""
+    out_dir = tmp_path / "bench"
+    out = run_script("bench_quality.py", "--quick", "--out", str(out_dir), "--storage",
+                     str(tmp_path / "runs"), timeout=400)
+    for row in ("baseline (hand-written recipe, flip TTA)", "baseline, the ensemble's TTA",
+                "search: best single model", "search: ensemble",
+                "ensemble - baseline with the same TTA", "baseline wall / budget:",
+                "search wall / budget:", "24 faces (24 different images) are exact copies"):
+        assert row in out, out[-3000:]
     walls = [float(line.split()[-1]) for line in out.splitlines() if "wall / budget" in line]
     assert all(w <= 1.1 for w in walls), walls
+    summary = json.loads((out_dir / "seed-0" / "summary.json").read_text())
+    with np.load(out_dir / "seed-0" / "predictions.npz") as saved:
+        labels = saved["labels"]
+        assert saved["train_copy"].sum() == 24 and len(labels) == 424
+        acc = {row: float((saved[f"probs_{row}"].argmax(1) == labels).mean())
+               for row in ("baseline", "ensemble")}
+    # Reloaded and rescored, the saved models give the figures their own runs recorded.
+    recorded = summary["recorded_test_acc"]
+    assert acc["baseline"] == pytest.approx(recorded["baseline"]["test"], abs=1 / 424)
+    assert acc["ensemble"] == pytest.approx(recorded["ensemble"]["test"], abs=1 / 424)
+    again = run_script("bench_quality.py", "--combine", str(out_dir), timeout=120)
+    assert again.strip() == out[out.index("1 seed run(s)"):].strip()
+
+
+def write_seed_run(folder: Path, seed: int, correct: dict[str, list[int]], val: float,
+                   wall: float, fingerprint: str = "f00d") -> None:
+    """A saved seed run written by hand: 8 faces, the last two copies of training faces;
+    each row predicts the label where ``correct`` says 1, the next class elsewhere."""
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 0])
+    arrays = {"labels": labels, "train_copy": np.array([0, 0, 0, 0, 0, 0, 1, 1], bool),
+              "test_fingerprint": np.array(fingerprint)}
+    for row, right in correct.items():
+        preds = np.where(np.array(right, bool), labels, (labels + 1) % 7)
+        arrays[f"probs_{row}"] = np.eye(7, dtype=np.float32)[preds]
+    folder.mkdir(parents=True)
+    np.savez(folder / "predictions.npz", **arrays)
+    summary = {"kind": "bench_quality seed run", "seed": seed, "budget_min": 2.0,
+               "precision": "auto", "test": {"path": "t.npz", "fingerprint": fingerprint,
+                                             "distinct_copies": 2},
+               "tta": {"baseline": True, "ensemble": "flip"},
+               "val_acc": {row: val for row in correct}, "wall_s": {row: wall for row in correct},
+               "notes": {"baseline": "3 epochs", "search": "2 completed"}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_bench_quality_combine_known_means(tmp_path: Path) -> None:
+    write_seed_run(tmp_path / "seed-0", 0, {
+        "baseline": [1, 1, 1, 1, 0, 0, 0, 0], "baseline_same_tta": [1, 1, 1, 1, 1, 0, 0, 0],
+        "best_single": [1, 1, 1, 1, 1, 0, 1, 0], "ensemble": [1, 1, 1, 1, 1, 1, 0, 0]},
+        val=0.6, wall=60)
+    write_seed_run(tmp_path / "seed-1", 1, {
+        "baseline": [1, 1, 1, 1, 1, 0, 1, 0], "baseline_same_tta": [1, 1, 1, 1, 1, 1, 0, 0],
+        "best_single": [1, 1, 1, 1, 1, 1, 1, 0], "ensemble": [1, 1, 1, 1, 1, 1, 1, 1]},
+        val=0.7, wall=120)
+    out = run_script("bench_quality.py", "--combine", str(tmp_path), "--n-boot", "2000",
+                     timeout=120)
+    rows = {line[:46].strip(): line[46:] for line in out.splitlines()}
+    # test_acc, macro_f1, val_acc, acc_no_copies, wall_min: mean ± sd over the 2 seeds.
+    base = rows["baseline (hand-written recipe, flip TTA)"]
+    assert base.split("±")[0].strip() == "0.6250" and "0.6250 ± 0.1768" in base
+    assert "0.6500 ± 0.0707" in base and "0.7500 ± 0.1179" in base and "1.5 ± 0.7" in base
+    ens = rows["search: ensemble (flip TTA)"]
+    assert "0.8750 ± 0.1768" in ens and "1.0000 ± 0.0000" in ens
+    assert "0.8125 ± 0.0884" in rows["search: best single model, flip TTA"]
+    assert "0.6875 ± 0.0884" in rows["baseline, the ensemble's TTA (flip)"]
+    # Paired differences in points: +25 for ensemble - baseline in both seeds.
+    assert rows["ensemble - baseline"].split()[0] == "+25.00"
+    assert rows["ensemble - best single model"].split()[0] == "+6.25"
+    assert "2 faces (2 different images) are exact copies" in out
+    assert "search wall / budget: mean 0.750, max 1.000" in out
+
+
+def test_bench_quality_combine_refuses_other_test_sets(tmp_path: Path) -> None:
+    right = {row: [1] * 8 for row in ("baseline", "baseline_same_tta", "best_single",
+                                      "ensemble")}
+    write_seed_run(tmp_path / "a", 0, right, val=0.5, wall=60)
+    write_seed_run(tmp_path / "b", 1, right, val=0.5, wall=60, fingerprint="beef")
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_quality.py"), "--combine",
+                           str(tmp_path / "a"), str(tmp_path / "b")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert "different test sets (fingerprints f00d and beef)" in proc.stderr
 
 
 def test_bench_checkpoint_quick() -> None:
@@ -123,7 +202,6 @@ def test_bench_faces_quick() -> None:
 @pytest.mark.slow
 def test_bench_onnx_quick(tmp_path: Path) -> None:
     """A tiny random-weight ensemble: the throughput row, the parity verdicts, cold starts."""
-    import numpy as np
     from support.cli import faces, save_tiny_ensemble
 
     ensemble = save_tiny_ensemble(tmp_path / "ens", members=2)

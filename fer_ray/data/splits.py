@@ -132,8 +132,18 @@ def format_class_table(data: FerData) -> str:
 
 def fingerprint(data: FerData) -> str:
     """Short sha256 of the train and validation arrays: says whether two runs saw the same data."""
+    return _digest(data.train, data.val)
+
+
+def split_fingerprint(split: Split) -> str:
+    """Short sha256 of one split's images and labels: says whether two runs were scored on the
+    same test set (the same faces, labels and order)."""
+    return _digest(split)
+
+
+def _digest(*splits: Split) -> str:
     digest = hashlib.sha256()
-    for split in (data.train, data.val):
+    for split in splits:
         digest.update(np.ascontiguousarray(split.images).tobytes())
         if split.labels is not None:
             digest.update(split.labels.astype(np.int64).tobytes())
