@@ -87,13 +87,14 @@ def search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     final = {split: table["final"] for split, table in info["test"].items()}
     # The best single model with flip TTA when validation says TTA helps it (as for the
     # ensemble); search.json's figure is without TTA.
-    tta = info["validation"]["best single + TTA"]["acc"] > info["validation"]["best single"]["acc"]
-    best = {split: table.get("best single + TTA" if tta else "best single")
+    validation = info["validation"]
+    tta = validation["best single + flip"]["acc"] > validation["best single"]["acc"]
+    best = {split: table.get("best single + flip" if tta else "best single")
             for split, table in info["test"].items()}
     best = {split: figures for split, figures in best.items() if figures} \
         or record["best_single_test"]
     return {"wall": wall, "experiment": str(exp), "trials": record["trials"],
-            "best_val_acc": info["validation"]["best single + TTA" if tta else "best single"][
+            "best_val_acc": info["validation"]["best single + flip" if tta else "best single"][
                 "acc"], "best_tests": best, "best_tta": tta,
             "ensemble_val_acc": ensemble["info"]["final_validation"]["acc"],
             "ensemble_tests": final, "members": len(ensemble["members"]),
