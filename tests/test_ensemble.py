@@ -54,8 +54,9 @@ def test_variants_are_chosen_on_validation(smoke_experiment: Experiment, built: 
     assert result.validation["best single"]["acc"] == pytest.approx(df.iloc[0]["val_acc"])
     # Greedy selection optimises validation log-loss and may pick the best model alone.
     assert result.validation["greedy"]["nll"] <= result.validation["best single"]["nll"] + 1e-9
-    # --tta none: only the stored probabilities (no TTA pass) are compared.
-    assert set(result.validation) == {"best single", "uniform top-k", "greedy"}
+    # --tta none: flip (which every candidate brings) is reported too; flip_shift is not run.
+    assert set(result.validation) == {variant_name(v, m) for v in VARIANTS
+                                      for m in ("none", "flip")}
     assert result.ensemble.tta == "none" and result.ensemble.info["tta"]["chosen_on"] == "given"
     e = result.ensemble
     assert e.weights.sum() == pytest.approx(1.0) and len(e.weights) == len(e.members)

@@ -21,16 +21,16 @@ from fer_ray.tta import TTA_MODES, tta_mode
 def format_result(result: BuildResult, top_k: int) -> str:
     """Validation and test tables for every variant, then the final ensemble's figures."""
     splits = ["validation", *result.test]
-    lines = [f"\n{'ensemble (top-k ' + str(top_k) + ')':<24}" + "".join(
-        f"{s[:16]:>18}" for s in splits), f"{'':<24}" + "".join(
+    lines = [f"\n{'ensemble (top-k ' + str(top_k) + ')':<28}" + "".join(
+        f"{s[:16]:>18}" for s in splits), f"{'':<28}" + "".join(
         f"{'acc   macro_f1':>18}" for _ in splits)]
     for variant in VARIANTS:
         for name in (variant_name(variant, mode) for mode in TTA_MODES):
-            if name not in result.validation:  # a mode given by --tta: only it was scored
+            if name not in result.validation:  # not run: another --tta, or the deadline
                 continue
             # A test split without this variant: the deadline left time for the final only.
             cells = [result.validation[name]] + [result.test[s].get(name) for s in result.test]
-            lines.append(f"{name:<24}" + "".join(
+            lines.append(f"{name:<28}" + "".join(
                 f"{c['acc']:>10.4f}{c['macro_f1']:>8.4f}" if c else f"{'-':>10}{'-':>8}"
                 for c in cells))
     e = result.ensemble
