@@ -43,7 +43,7 @@ def test_checkpoint_probabilities_equal_what_predict_computes(
     path, _ = smoke_experiment
     best = pd.read_parquet(path / "results.parquet").iloc[0]["best_checkpoint"]
     model, config = load_model(best)
-    single = Ensemble([Member("best", config, model)], np.ones(1), tta=False, temperature=1.0)
+    single = Ensemble([Member("best", config, model)], np.ones(1), tta="none", temperature=1.0)
     single.save(tmp_path / "single")
     data = load_search_data(SearchSettings(**{**SMOKE, "storage": str(path.parent)}))
     np.savez(tmp_path / "val.npz", images=data.val.images)
@@ -81,8 +81,8 @@ def test_parallel_cpu_streams_give_the_probabilities_of_one_stream(small_data: A
     models = [fit(merge(get_preset("tiny"), {"epochs": 1, "seed": s}), small_data, "cpu").model
               for s in (0, 1)]
     images = small_data.val.images
-    together = predict_probas(models, images, hflip_tta=True, batch_size=16, workers=2)
-    alone = np.stack([torch.softmax(predict_logits(m, images, batch_size=16, hflip_tta=True),
+    together = predict_probas(models, images, tta="flip_shift", batch_size=16, workers=2)
+    alone = np.stack([torch.softmax(predict_logits(m, images, batch_size=16, tta="flip_shift"),
                                     dim=1).numpy() for m in models])
     np.testing.assert_allclose(together, alone, atol=1e-6, rtol=0)
 
@@ -126,7 +126,7 @@ def test_predict_on_cuda_gives_the_cpu_labels(fer2013_dir: Path) -> None:
         "path": str(fer2013_dir), "subsample": 4000}})
     data = load_data(config.data, seed=0)
     model = fit(config, data, "cpu").model
-    ensemble = Ensemble([Member("m", config, model)], np.ones(1), tta=True)
+    ensemble = Ensemble([Member("m", config, model)], np.ones(1), tta="flip")
     test = np.load(fer2013_dir / "public_test.npz")["images"]
     on_cpu = ensemble.predict_proba(test)
     on_gpu = ensemble.to("cuda").predict_proba(test)

@@ -39,6 +39,7 @@ from fer_ray.ensemble.onnx_export import (
 from fer_ray.ensemble.onnx_model import METADATA_KEY, OnnxEnsemble
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.train import fit, get_preset
+from fer_ray.tta import TTA_MODES
 
 MEMBER_MODELS = [
     {},
@@ -57,7 +58,7 @@ def trained(small_data: FerData) -> Ensemble:
         config = merge(get_preset("tiny"), {"epochs": 1, "seed": i, "model": model})
         members.append(Member(f"m{i}", config, fit(config, small_data, "cpu").model,
                               {"val_acc": 0.5 + i / 100}))
-    ensemble = Ensemble(members, np.array([0.5, 0.3, 0.2]), tta=True, temperature=0.6,
+    ensemble = Ensemble(members, np.array([0.5, 0.3, 0.2]), tta="flip", temperature=0.6,
                         class_biases=BIASES, info={"validation": {"acc": 0.61}})
     probs = ensemble.predict_proba(small_data.val.images)
     ensemble.defer_threshold = threshold_for_coverage(probs, "max_prob", 0.7)
@@ -72,12 +73,12 @@ def faces() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(trained: Ensemble, tmp_path_factory: pytest.TempPathFactory
-             ) -> dict[bool, tuple[Ensemble, Path]]:
-    """The ensemble with TTA on and off, each exported once."""
+             ) -> dict[str, tuple[Ensemble, Path]]:
+    """The ensemble with each TTA mode, each exported once."""
     out = {}
-    for tta in (True, False):
-        ensemble = replace(trained, tta=tta)
-        out[tta] = ensemble, export_onnx(ensemble, tmp_path_factory.mktemp("onnx") / "m.onnx")
+    for mode in TTA_MODES:
+        ensemble = replace(trained, tta=mode)
+        out[mode] = ensemble, export_onnx(ensemble, tmp_path_factory.mktemp("onnx") / "m.onnx")
     return out
 
 
@@ -86,9 +87,9 @@ def saved(trained: Ensemble, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return trained.save(tmp_path_factory.mktemp("saved") / "ens")
 
 
-@pytest.mark.parametrize("tta", [True, False], ids=["tta", "no-tta"])
+@pytest.mark.parametrize("tta", TTA_MODES)
 def test_onnx_gives_the_probabilities_and_decisions_of_torch(
-        tta: bool, exported: dict[bool, tuple[Ensemble, Path]], faces: np.ndarray) -> None:
+        tta: str, exported: dict[str, tuple[Ensemble, Path]], faces: np.ndarray) -> None:
     ensemble, path = exported[tta]
     model = OnnxEnsemble.load(path, threads=1)
     p_torch = ensemble.predict_proba(faces)
@@ -108,24 +109,29 @@ def test_onnx_gives_the_probabilities_and_decisions_of_torch(
 
 
 def test_the_parity_check_would_see_a_graph_that_dropped_tta_or_temperature(
-        exported: dict[bool, tuple[Ensemble, Path]], faces: np.ndarray) -> None:
-    """TTA and temperature change the probabilities by far more than the tolerance, so a
-    graph that left either out fails ``parity`` (and the test above)."""
-    with_tta, path_with = exported[True]
-    without_tta, path_without = exported[False]
+        exported: dict[str, tuple[Ensemble, Path]], faces: np.ndarray) -> None:
+    """TTA (flip, and the shifts of flip_shift) and temperature change the probabilities by
+    far more than the tolerance, so a graph that left either out fails ``parity`` (and the
+    test above)."""
+    with_tta, path_with = exported["flip"]
+    without_tta, path_without = exported["none"]
+    with_shifts, path_shifts = exported["flip_shift"]
     assert not parity(with_tta, OnnxEnsemble.load(path_without), faces).ok
     assert not parity(without_tta, OnnxEnsemble.load(path_with), faces).ok
+    assert not parity(with_shifts, OnnxEnsemble.load(path_with), faces).ok
+    assert not parity(with_tta, OnnxEnsemble.load(path_shifts), faces).ok
     assert not parity(replace(with_tta, temperature=1.0), OnnxEnsemble.load(path_with),
                       faces).ok
     check = parity(with_tta, OnnxEnsemble.load(path_with), faces)
     assert check.ok and check.same_argmax == check.same_adjusted == check.same_deferred == 1
 
 
-def test_onnx_describes_the_ensemble(exported: dict[bool, tuple[Ensemble, Path]]) -> None:
-    ensemble, path = exported[True]
+def test_onnx_describes_the_ensemble(exported: dict[str, tuple[Ensemble, Path]]) -> None:
+    ensemble, path = exported["flip"]
     model = OnnxEnsemble.load(path)
     assert model.ensemble_id == hashlib.sha256(ensemble.to_json()).hexdigest()
-    assert model.info == ensemble.info and model.tta is True
+    assert model.info == ensemble.info and model.tta == "flip"
+    assert OnnxEnsemble.load(exported["flip_shift"][1]).tta == "flip_shift"
     assert model.members == [{"name": m.name, "info": m.info} for m in ensemble.members]
     assert model.classes == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     np.testing.assert_array_equal(model.class_biases, BIASES)
@@ -138,8 +144,17 @@ def test_onnx_describes_the_ensemble(exported: dict[bool, tuple[Ensemble, Path]]
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [48, 48]
 
 
-def test_empty_batches_and_wrong_images(exported: dict[bool, tuple[Ensemble, Path]]) -> None:
-    model = OnnxEnsemble.load(exported[True][1])
+def test_exports_from_before_tta_modes_still_load(
+        exported: dict[str, tuple[Ensemble, Path]], tmp_path: Path) -> None:
+    """Metadata written when TTA was a bool (flip on or off) reads as the matching mode."""
+    for old, mode in ((True, "flip"), (False, "none")):
+        _with_metadata(exported[mode][1], tmp_path / f"{old}.onnx",
+                       lambda m, old=old: m.__setitem__("tta", old))
+        assert OnnxEnsemble.load(tmp_path / f"{old}.onnx").tta == mode
+
+
+def test_empty_batches_and_wrong_images(exported: dict[str, tuple[Ensemble, Path]]) -> None:
+    model = OnnxEnsemble.load(exported["flip"][1])
     probs = model.predict_proba(np.zeros((0, 48, 48), np.uint8))
     assert probs.shape == (0, 7)
     labels, deferred = model.decide(probs, "adjusted")
@@ -161,9 +176,9 @@ def test_decide_labels_is_what_both_engines_decide() -> None:
     assert not deferred.any()
 
 
-def test_onnx_model_runs_without_torch(exported: dict[bool, tuple[Ensemble, Path]]) -> None:
+def test_onnx_model_runs_without_torch(exported: dict[str, tuple[Ensemble, Path]]) -> None:
     code = ("import sys, numpy as np; import fer_ray.ensemble.onnx_model as m; "
-            f"e = m.OnnxEnsemble.load({str(exported[True][1])!r}); "
+            f"e = m.OnnxEnsemble.load({str(exported['flip'][1])!r}); "
             "p = e.predict_proba(np.zeros((3, 48, 48), np.uint8)); e.decide(p, 'adjusted'); "
             "print(p.shape, sorted({'torch', 'scipy', 'ray', 'pandas'} & set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -256,19 +271,21 @@ def _with_metadata(src: Path, dst: Path, change: Any) -> None:
 
 
 def test_files_that_are_not_exported_ensembles_are_refused_in_one_line(
-        exported: dict[bool, tuple[Ensemble, Path]], tmp_path: Path) -> None:
-    good = exported[True][1]
+        exported: dict[str, tuple[Ensemble, Path]], tmp_path: Path) -> None:
+    good = exported["flip"][1]
     (tmp_path / "corrupt.onnx").write_bytes(good.read_bytes()[:5000])
     (tmp_path / "text.onnx").write_text("not a model")
     _without_metadata(good, tmp_path / "bare.onnx")
     _with_metadata(good, tmp_path / "biases.onnx", lambda m: m.__setitem__("class_biases", [1]))
     _with_metadata(good, tmp_path / "v9.onnx", lambda m: m.__setitem__("format_version", 9))
     _with_metadata(good, tmp_path / "nan.onnx", lambda m: m.__setitem__("temperature", "x"))
+    _with_metadata(good, tmp_path / "tta.onnx", lambda m: m.__setitem__("tta", "mirror"))
     cases = {"corrupt.onnx": "not a readable ONNX model", "text.onnx": "not a readable ONNX",
              "bare.onnx": f"without fer-ray metadata (no {METADATA_KEY!r} entry)",
              "biases.onnx": "class_biases: expected a list of 7 numbers",
              "v9.onnx": "format_version: 9 is not supported",
-             "nan.onnx": "temperature: 'x' is not a number", "missing.onnx": "no such file"}
+             "nan.onnx": "temperature: 'x' is not a number", "missing.onnx": "no such file",
+             "tta.onnx": "tta: 'mirror' is not a TTA mode"}
     for name, expected in cases.items():
         with pytest.raises(DataError) as info:
             OnnxEnsemble.load(tmp_path / name)

@@ -2,15 +2,17 @@
 
 A trial keeps its best epoch's checkpoint and its latest one; both are candidates (the best
 first), so greedy selection can pick either. Each candidate brings its stored validation
-probabilities and, computed here in fp32, those with flip TTA. With a deadline, candidates
-are added best first while the time they cost still leaves room for scoring the test splits.
+probabilities and, computed here in fp32, those with flip TTA; dearer TTA modes (flip_shift:
+5x flip's views) are computed later, by ``add_mode``, for only the few candidates some variant
+uses. With a deadline, candidates are added best first while the time they cost still leaves
+room for scoring the test splits.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ import pandas as pd
 
 from fer_ray import storage
 from fer_ray.data import FerData, fingerprint
-from fer_ray.ensemble.model import Ensemble, Member
+from fer_ray.ensemble.model import Member
 from fer_ray.errors import DataError
 from fer_ray.experiment import (
     USABLE,
@@ -30,26 +32,61 @@ from fer_ray.experiment import (
     read_search_json,
     settings_from_record,
 )
-from fer_ray.models.inference import resolve_device
+from fer_ray.models.inference import predict_probas, resolve_device
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, load_model
+from fer_ray.tta import TTA_VIEWS, TtaMode
 
 
 @dataclass
 class Candidates:
     """Candidate checkpoints, best first, with their models and validation probabilities.
 
-    val_probas: (n_candidates, N_val, 7) without TTA; val_probas_tta: with TTA.
+    val_probas: TTA mode -> (n_candidates, N_val, 7): "none" the stored probabilities, the
+    other modes (``fer_ray.tta``) computed here. computed: mode -> (n_candidates,) bool, the
+    candidates ``val_probas[mode]`` holds (zeros for the others); default: all of them.
     first_rung: per candidate, whether ASHA stopped its trial at the first rung (such
     trials saw too few epochs to be averaged in uniformly).
+    seconds_per_view: measured fp32 seconds of one candidate on one image for one view
+    (loading included): what the deadline's estimates are made of.
     """
 
     rows: pd.DataFrame
     members: list[Member]
     data: FerData
-    val_probas: np.ndarray
-    val_probas_tta: np.ndarray
+    val_probas: dict[str, np.ndarray]
     first_rung: np.ndarray
-    seconds_per_member_test: float = 0.0  # measured: fp32 test-split cost of one candidate
+    seconds_per_view: float = 0.0
+    computed: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for mode in self.val_probas:
+            self.computed.setdefault(mode, np.ones(len(self.members), dtype=bool))
+
+    @property
+    def n_test(self) -> int:
+        """Faces in all labelled test splits."""
+        return sum(len(s) for s in self.data.tests.values() if s.labels is not None)
+
+    def seconds(self, n_members: int, n_images: int, mode: str) -> float:
+        """Estimated seconds to run ``n_members`` candidates with ``mode`` on n_images."""
+        return self.seconds_per_view * n_members * n_images * TTA_VIEWS[mode]
+
+    def has(self, mode: str, weights: np.ndarray) -> bool:
+        """Whether ``val_probas[mode]`` holds every candidate of ``weights`` (n_candidates,)
+        with a weight > 0."""
+        return mode in self.computed and bool(self.computed[mode][weights > 0].all())
+
+
+def add_mode(cands: Candidates, mode: TtaMode, which: np.ndarray) -> None:
+    """Compute the validation probabilities with ``mode`` of the candidates ``which``
+    (indices) that lack them, into ``cands.val_probas[mode]``."""
+    probas = cands.val_probas.setdefault(mode, np.zeros_like(cands.val_probas["none"]))
+    done = cands.computed.setdefault(mode, np.zeros(len(cands.members), dtype=bool))
+    todo = [int(i) for i in which if not done[i]]
+    if todo:
+        probas[todo] = predict_probas([cands.members[i].model for i in todo],
+                                      cands.data.val.images, mode)
+        done[todo] = True
 
 
 def _checkpoint_list(rows: pd.DataFrame, metric: str, mode: str) -> list[dict[str, Any]]:
@@ -84,7 +121,8 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
                     deadline: float | None = None, test_members: int = 8,
                     device: str = "auto") -> Candidates:
     """The experiment's candidate checkpoints (at most ``max_candidates``, best first), their
-    models on ``device`` (auto: a GPU when there is one).
+    models on ``device`` (auto: a GPU when there is one), and their validation probabilities
+    without TTA (stored) and with flip TTA.
 
     deadline: epoch seconds by which the ensemble must be built: candidates stop being
     added when one more would leave too little time to score ``test_members`` models on
@@ -102,11 +140,10 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
     n_test = sum(len(s) for s in data.tests.values() if s.labels is not None)
     target = resolve_device(device)
     members: list[Member] = []
-    probas: list[np.ndarray] = []
-    probas_tta: list[np.ndarray] = []
+    probas: dict[str, list[np.ndarray]] = {"none": [], "flip": []}
     first_rung: list[bool] = []
     chosen_rows: list[pd.Series] = []
-    per_member_test = 0.0
+    per_view = per_member_test = 0.0
     for ckpt in _checkpoint_list(rows, settings.metric, settings.mode)[:max_candidates]:
         if deadline is not None and members and \
                 time.time() + per_member_test * (test_members + 1) >= deadline:
@@ -115,19 +152,20 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
         ckpt["path"] = checkpoint_location(experiment, ckpt["trial_id"], str(ckpt["path"]))
         member, stored = _load_candidate(ckpt, data)
         member.model.to(target)
-        single = Ensemble([member], np.ones(1), tta=True)
-        probas_tta.append(single.member_probas(data.val.images)[0])
-        # A test split costs what the TTA pass over validation cost, per image.
-        per_member_test = (time.time() - started) * n_test / max(len(data.val), 1)
+        probas["flip"].append(predict_probas([member.model], data.val.images, "flip")[0])
+        probas["none"].append(stored)
+        per_view = (time.time() - started) / max(len(data.val) * TTA_VIEWS["flip"], 1)
+        # What scoring a member on the test splits with flip TTA costs; dearer modes are
+        # weighed against the deadline when they come up (build.dear_modes).
+        per_member_test = per_view * n_test * TTA_VIEWS["flip"]
         members.append(member)
-        probas.append(stored)
         row = ckpt["row"]
         first_rung.append(row["status"] == TrialStatus.EARLY_STOPPED
                           and int(row["epochs_run"]) <= settings.grace())
         chosen_rows.append(row)
     return Candidates(pd.DataFrame(chosen_rows).reset_index(drop=True), members, data,
-                      np.stack(probas), np.stack(probas_tta), np.array(first_rung, dtype=bool),
-                      per_member_test)
+                      {mode: np.stack(p) for mode, p in probas.items()},
+                      np.array(first_rung, dtype=bool), per_view)
 
 
 def _load_candidate(ckpt: dict[str, Any], data: FerData) -> tuple[Member, np.ndarray]:

@@ -4,7 +4,8 @@
 architectures come from the JSON configs through the model registry, the weights from
 safetensors files.
 
-Prediction: each member's softmax (with TTA, of its logits averaged with the mirror image's) ->
+Prediction: each member's softmax (with TTA, of the mean of its logits over the mode's views:
+the image, its mirror image, and with ``flip_shift`` both shifted by 2 px; ``fer_ray.tta``) ->
 weighted soft vote -> temperature scaling -> argmax of log-probabilities + per-class biases;
 optionally abstain ("defer") when the confidence is below a threshold chosen on validation.
 """
@@ -32,6 +33,7 @@ from fer_ray.models.inference import EVAL_BATCH, predict_probas
 from fer_ray.models.io import build_checked, save_weights
 from fer_ray.models.vgg_fer import VGGFer
 from fer_ray.paths import read_json
+from fer_ray.tta import TtaMode, tta_mode
 
 ENSEMBLE_JSON = "ensemble.json"
 ENSEMBLE_FILES = (ENSEMBLE_JSON, "members")  # all an ensemble folder holds
@@ -56,17 +58,21 @@ class Ensemble:
     """Weighted soft voting over members, with calibration and a decision rule.
 
     weights: (n_members,) summing to 1. class_biases: (7,) added to log-probabilities.
+    tta: the TTA mode (``fer_ray.tta``; true/false are read as "flip"/"none").
     defer_threshold: abstain when confidence (``defer_kind``) is below it; None = never.
     """
 
     members: list[Member]
     weights: np.ndarray
-    tta: bool = False
+    tta: TtaMode = "none"
     temperature: float = 1.0
     class_biases: np.ndarray = field(default_factory=lambda: np.zeros(len(CLASS_NAMES)))
     defer_kind: str = "max_prob"
     defer_threshold: float | None = None
     info: dict[str, Any] = field(default_factory=dict)  # validation figures, data fingerprint
+
+    def __post_init__(self) -> None:
+        self.tta = tta_mode(self.tta)
 
     def to(self, device: torch.device | str) -> Ensemble:
         for member in self.members:

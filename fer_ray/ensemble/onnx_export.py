@@ -2,7 +2,8 @@
 
 The graph computes what ``Ensemble.predict_proba`` computes, with the same torch code traced
 into it: uint8 images (N, 48, 48) -> float / 255 (``as_float_images``) -> each member's
-logits, with TTA the mean of the image's and its mirror image's (``tta_logits``) -> softmax
+logits, with TTA the mean over the mode's views (``tta_logits``: mirror image, 2 px edge-padded
+shifts) -> softmax
 -> weighted mean over members -> softmax(log(clip(p, 1e-12, 1)) / T) -> ``probs`` (N, 7)
 float32. The batch axis is dynamic. The decision inputs (class biases, deferral) and the
 description (``info``, members, id) go into ``metadata_props`` as JSON, with the key names of

@@ -21,8 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 from fer_ray.ensemble.decision import decide_labels
-from fer_ray.errors import DataError, reason
+from fer_ray.errors import ConfigError, DataError, reason
 from fer_ray.paths import require_file, shown
+from fer_ray.tta import tta_mode
 
 METADATA_KEY = "fer_ray"
 FORMAT_VERSION = 1  # of the metadata; ``ensemble.json`` has its own
@@ -95,9 +96,13 @@ def parse_metadata(meta: Any) -> dict[str, Any]:
     threshold = defer.get("threshold")
     if not isinstance(meta.get("ensemble_id"), str):
         raise ValueError("ensemble_id: expected a string")
-    if not isinstance(meta.get("tta"), bool) or not isinstance(meta.get("info"), dict):
-        raise ValueError("tta, info: expected true/false and an object")
-    return {**meta,
+    if not isinstance(meta.get("info"), dict):
+        raise ValueError("info: expected an object")
+    try:  # exports before TTA modes hold true/false
+        tta = tta_mode(meta.get("tta"), "tta")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return {**meta, "tta": tta,
             "weights": _numbers(meta, "weights", len(members)),
             "class_biases": _numbers(meta, "class_biases", len(classes)),
             "temperature": _number(meta, "temperature", 1e-6, math.inf),
@@ -109,8 +114,9 @@ class OnnxEnsemble:
     """An exported ensemble in an onnxruntime session (CPU). See the module doc.
 
     Attributes (from the metadata): classes, members ([{name, info}]), weights (n_members,),
-    tta, temperature, class_biases (7,), defer_kind, defer_threshold (None: never defer),
-    info (the ensemble's validation/test figures), ensemble_id, format_version, path.
+    tta (the mode; exports before modes: true/false read as flip/none), temperature,
+    class_biases (7,), defer_kind, defer_threshold (None: never defer), info (the ensemble's
+    validation/test figures), ensemble_id, format_version, path.
     """
 
     def __init__(self, session: ort.InferenceSession, meta: dict[str, Any], path: Path) -> None:
@@ -121,7 +127,7 @@ class OnnxEnsemble:
         self.members: list[dict[str, Any]] = [
             {"name": m["name"], "info": m.get("info", {})} for m in meta["members"]]
         self.weights: np.ndarray = meta["weights"]
-        self.tta: bool = meta["tta"]
+        self.tta: str = meta["tta"]
         self.temperature: float = meta["temperature"]
         self.class_biases: np.ndarray = meta["class_biases"]
         self.defer_kind: str = meta["defer"]["kind"]

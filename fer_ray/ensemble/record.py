@@ -21,6 +21,7 @@ from fer_ray.data import CLASS_NAMES
 from fer_ray.errors import ConfigError
 from fer_ray.models.vgg_fer import check_model
 from fer_ray.paths import shown
+from fer_ray.tta import TtaMode, tta_mode
 
 FORMAT_VERSION = 1
 MAX_MEMBERS = MAX_ENSEMBLE_MEMBERS
@@ -49,7 +50,7 @@ class EnsembleRecord:
 
     members: list[MemberEntry]
     weights: np.ndarray
-    tta: bool
+    tta: TtaMode  # files written before modes hold true/false: read as "flip"/"none"
     temperature: float
     class_biases: np.ndarray
     defer_kind: str
@@ -152,8 +153,7 @@ def parse_record(record: Any, directory: Path) -> EnsembleRecord:
     weights = _numbers(record["weights"], "weights", len(members), 0.0, math.inf)
     if not weights.sum() > 0:
         raise ConfigError("weights: at least one must be > 0")
-    if not isinstance(record["tta"], bool):
-        raise ConfigError(f"tta: expected true or false, got {record['tta']!r:.20}")
+    tta = tta_mode(record["tta"], "tta")
     defer = _mapping(record.get("defer", {}), "defer", {"kind", "threshold"})
     kind = defer.get("kind", "max_prob")
     if kind not in DEFER_KINDS:
@@ -163,7 +163,7 @@ def parse_record(record: Any, directory: Path) -> EnsembleRecord:
     if not isinstance(info, dict):
         raise ConfigError("info: expected an object")
     return EnsembleRecord(
-        members=members, weights=weights, tta=record["tta"],
+        members=members, weights=weights, tta=tta,
         temperature=_number(record["temperature"], "temperature", *TEMPERATURE_RANGE),
         class_biases=_numbers(record["class_biases"], "class_biases", len(CLASS_NAMES),
                               -MAX_ABS_BIAS, MAX_ABS_BIAS),

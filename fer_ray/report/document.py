@@ -333,7 +333,7 @@ def _ensemble_section(doc: Document, inp: Inputs, out: Path) -> None:
     accs = [float(m.info.get("val_acc", np.nan)) for m in e.members]
     doc.image(figures.plot_weights([m.name for m in e.members], e.weights, accs,
                                    out / "ensemble_weights.png"),
-              f"Member weights; flip TTA {'on' if e.tta else 'off'}, temperature "
+              f"Member weights; TTA mode {e.tta}, temperature "
               f"{e.temperature:.2f}.")
     if not inp.ens_cal:
         doc.note("no predictions on the data: calibration and decision figures left out")

@@ -113,7 +113,7 @@ def train_main(args: argparse.Namespace, started: float) -> int:
     result = fit(config, data, device, on_epoch=show, deadline=deadline)
     train_seconds = time.perf_counter() - t_fit
     config = result.extra.get("config", config)  # with a budget: the epochs it planned
-    tests = score_splits(result.model, data.tests, device, hflip_tta=args.tta)
+    tests = score_splits(result.model, data.tests, device, tta="flip" if args.tta else "none")
 
     record = {"best": result.best, "tests": tests, "test_tta": args.tta,
               "train_seconds": train_seconds, "wall_seconds": time.time() - started,
