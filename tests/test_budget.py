@@ -95,6 +95,21 @@ def test_space_points_run_first(ray_local: Any, tmp_path: Path) -> None:
     assert [c.optim.batch_size for c in configs[:2]] == [128, 64]
 
 
+def test_a_built_in_data_search_trains_members_that_differ(ray_local: Any,
+                                                          tmp_path: Path) -> None:
+    """The default space on the built-in faces: its first two trials (on 2 cores, the
+    ensemble's members) differ in the network and in augmentation."""
+    from fer_ray.search.run import run_experiment
+
+    run_experiment(SearchSettings(synthetic_size=600, max_epochs=1, num_samples=2,
+                                  storage=str(tmp_path), name="exp"))
+    first, second = _configs(pd.read_parquet(tmp_path / "exp" / "results.parquet"))
+    assert (len(first.model.filters), first.model.filters[0]) != \
+        (len(second.model.filters), second.model.filters[0])
+    assert (first.augment.erasing, first.augment.rotation) != \
+        (second.augment.erasing, second.augment.rotation)
+
+
 def test_warm_start_reruns_the_best_and_tells_tpe_the_rest(ray_local: Any,
                                                            tmp_path: Path) -> None:
     from fer_ray.search.run import run_experiment

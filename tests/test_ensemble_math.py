@@ -311,3 +311,19 @@ def test_threshold_for_coverage(rng: np.random.Generator) -> None:
     assert threshold_for_coverage(val, "max_prob", 1.0) == val.max(1).min()
     with pytest.raises(ConfigError):
         threshold_for_coverage(val, "max_prob", 0.0)
+
+
+def test_a_candidate_that_predicts_like_another_is_a_duplicate() -> None:
+    """99 % of the faces predicted alike: one model for a vote; 98 %: two."""
+    from fer_ray.ensemble.candidates import duplicates_another
+
+    rng = np.random.default_rng(0)
+    kept = rng.dirichlet(np.ones(7), size=1000).astype(np.float32)
+    same = kept[:, ::-1].copy()  # other probabilities...
+    same[np.arange(1000), kept.argmax(1)] = 2.0  # ...but the same predicted class everywhere
+    for changed, duplicate in ((10, True), (20, False)):
+        near = same.copy()
+        near[:changed] = np.roll(near[:changed], 1, axis=1)  # another class on these faces
+        assert np.mean(near.argmax(1) == kept.argmax(1)) == 1 - changed / 1000
+        assert duplicates_another(near, [kept]) is duplicate
+    assert not duplicates_another(kept, [])

@@ -388,3 +388,20 @@ def test_paper_points_start_from_the_seed_network() -> None:
     preset = MODEL_PRESETS["seed_hw3"]
     assert seed.model.filters == preset.filters and seed.model.stem_filters == 256
     assert (seed.optim.optimizer, seed.optim.lr, seed.optim.batch_size) == ("adam", 1e-3, 64)
+
+
+def _architecture(config: TrainConfig) -> tuple[int, int, tuple[int, ...]]:
+    return len(config.model.filters), config.model.filters[0], config.model.convs_per_block
+
+
+def _augmentation(config: TrainConfig) -> tuple[float, float, float]:
+    return config.augment.erasing, config.augment.rotation, config.augment.mixup
+
+
+def test_small_points_are_members_that_differ() -> None:
+    """On 2 cores the first two points are the ensemble: they differ in the network (blocks
+    or first filters) and in augmentation, not only in a loss tweak (BENCHMARKS.md,
+    "Members that disagree", says how each was chosen)."""
+    first, second = load_space("small").point_configs()[:2]
+    assert _architecture(first) != _architecture(second)
+    assert _augmentation(first) != _augmentation(second)

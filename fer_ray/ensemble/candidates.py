@@ -120,9 +120,9 @@ def _usable_rows(experiment: str, settings: SearchSettings) -> pd.DataFrame:
 def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str | None = None,
                     deadline: float | None = None, test_members: int = 8,
                     device: str = "auto") -> Candidates:
-    """The experiment's candidate checkpoints (at most ``max_candidates``, best first), their
-    models on ``device`` (auto: a GPU when there is one), and their validation probabilities
-    without TTA (stored) and with flip TTA.
+    """The experiment's candidate checkpoints (at most ``max_candidates``, best first, none
+    that ``duplicates_another`` one before it), their models on ``device`` (auto: a GPU when
+    there is one), and their validation probabilities without TTA (stored) and with flip TTA.
 
     deadline: epoch seconds by which the ensemble must be built: candidates stop being
     added when one more would leave too little time to score ``test_members`` models on
@@ -151,6 +151,8 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
         started = time.time()
         ckpt["path"] = checkpoint_location(experiment, ckpt["trial_id"], str(ckpt["path"]))
         member, stored = _load_candidate(ckpt, data)
+        if duplicates_another(stored, probas["none"]):
+            continue  # e.g. a trial's latest epoch next to its best, both annealed
         member.model.to(target)
         probas["flip"].append(predict_probas([member.model], data.val.images, "flip")[0])
         probas["none"].append(stored)
@@ -166,6 +168,19 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
     return Candidates(pd.DataFrame(chosen_rows).reset_index(drop=True), members, data,
                       {mode: np.stack(p) for mode, p in probas.items()},
                       np.array(first_rung, dtype=bool), per_view)
+
+
+# Two candidates whose validation predictions agree on this share of the faces are one model
+# for a vote: a one-cycle trial's last epochs differ in a handful of faces.
+DUPLICATE_AGREEMENT = 0.99
+
+
+def duplicates_another(val_probs: np.ndarray, kept: list[np.ndarray]) -> bool:
+    """Whether a candidate's validation probabilities (N_val, C) predict the same class as
+    one of the ``kept`` candidates' on at least DUPLICATE_AGREEMENT of the faces."""
+    labels = val_probs.argmax(1)
+    return any(float(np.mean(other.argmax(1) == labels)) >= DUPLICATE_AGREEMENT
+               for other in kept)
 
 
 def _load_candidate(ckpt: dict[str, Any], data: FerData) -> tuple[Member, np.ndarray]:
