@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from fer_ray.data import Split
+from fer_ray.data import NUM_CLASSES, Split
 from fer_ray.errors import ConfigError
 from fer_ray.metrics import accuracy, macro_f1
 
@@ -46,6 +46,11 @@ def local_resources() -> tuple[int, int]:
     return cpus, torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def num_classes(model: torch.nn.Module) -> int:
+    """A network's outputs per image (a VGGFer records them; FER2013's 7 otherwise)."""
+    return int(getattr(model, "num_classes", NUM_CLASSES))
+
+
 def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, 48, 48) uint8 array -> (N, 1, 48, 48) uint8 tensor on the device (4x smaller)."""
     array = np.ascontiguousarray(images)
@@ -60,7 +65,7 @@ def as_float_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def tta_logits(model: torch.nn.Module, x: torch.Tensor, hflip_tta: bool) -> torch.Tensor:
-    """Logits (N, 7) float32 of float images x (N, 1, H, W); hflip_tta: the mean of the logits
+    """Logits (N, C) float32 of float images x (N, 1, H, W); hflip_tta: the mean of the logits
     of each image and its mirror image. Also traced into the ONNX export, so both agree."""
     logits = model(x).float()
     if hflip_tta:
@@ -72,7 +77,7 @@ def tta_logits(model: torch.nn.Module, x: torch.Tensor, hflip_tta: bool) -> torc
 def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor,
                    device: torch.device | None = None, batch_size: int = EVAL_BATCH,
                    hflip_tta: bool = False) -> torch.Tensor:
-    """Logits (N, 7) float32 on the model's device for (N, 48, 48) uint8 images, in fp32.
+    """Logits (N, C) float32 on the model's device for (N, 48, 48) uint8 images, in fp32.
 
     hflip_tta: average the logits of each image and its mirror image. The model is moved to
     channels_last (same weights, faster convolutions).
@@ -86,12 +91,13 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor,
         x = as_float_images(data[start:start + batch_size].to(device))
         out.append(tta_logits(model, x, hflip_tta))
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 7, device=device)
+    return torch.cat(out) if out else torch.zeros(0, num_classes(model), device=device)
 
 
 def predict_probas(models: list[torch.nn.Module], images: np.ndarray, hflip_tta: bool = False,
                    batch_size: int = EVAL_BATCH, workers: int | None = None) -> np.ndarray:
-    """(n_models, N, 7) float32 softmax of each model for (N, 48, 48) uint8 images, fp32.
+    """(n_models, N, C) float32 softmax of each model for (N, 48, 48) uint8 images, fp32
+    (all models predict the same C classes).
 
     On the CPU the work is cut into (model, chunk of whole batches) pieces run by ``workers``
     single-threaded streams (default: one per core): fp32 inference of these small nets
@@ -101,7 +107,8 @@ def predict_probas(models: list[torch.nn.Module], images: np.ndarray, hflip_tta:
     """
     for model in models:  # before the threads: predict_logits would convert it in each one
         model.eval().to(memory_format=torch.channels_last)
-    out = np.zeros((len(models), len(images), 7), np.float32)
+    out = np.zeros((len(models), len(images), num_classes(models[0]) if models else 0),
+                   np.float32)
     on_cpu = all(next(m.parameters()).device.type == "cpu" for m in models)
     workers = workers or (torch.get_num_threads() if on_cpu else 1)
     step = batch_size * max(1, -(-len(images) // (batch_size * workers)))
