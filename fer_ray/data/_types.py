@@ -70,5 +70,5 @@ def class_names(labels: str) -> tuple[str, ...]:
     try:
         return LABEL_SETS[labels]
     except KeyError:
-        raise ConfigError(f"data.labels: unknown label set {labels!r} (known: {', '.join(LABEL_SETS)})"
-                         ) from None
+        raise ConfigError(f"data.labels: unknown label set {labels!r} (known: "
+                          f"{', '.join(LABEL_SETS)})") from None

@@ -38,7 +38,7 @@ from fer_ray.models.io import VAL_LABELS, VAL_PROBS, load_model
 class Candidates:
     """Candidate checkpoints, best first, with their models and validation probabilities.
 
-    val_probas: (n_candidates, N_val, 7) without TTA; val_probas_tta: with TTA.
+    val_probas: (n_candidates, N_val, C) without TTA; val_probas_tta: with TTA.
     first_rung: per candidate, whether ASHA stopped its trial at the first rung (such
     trials saw too few epochs to be averaged in uniformly).
     """
@@ -131,7 +131,7 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
 
 
 def _load_candidate(ckpt: dict[str, Any], data: FerData) -> tuple[Member, np.ndarray]:
-    """A checkpoint's model as a Member, and its stored validation probabilities (N_val, 7)."""
+    """A checkpoint's model as a Member, and its stored validation probabilities (N_val, C)."""
     folder = storage.fetch_dir(str(ckpt["path"]))
     model, config = load_model(folder)
     trial_id = ckpt["trial_id"]

@@ -2,9 +2,9 @@
 
 Conv blocks (each: ``convs_per_block`` convolutions, each followed by batch norm and the
 activation, then 2x2 max-pool and dropout), then dense layers (+ batch norm, dropout) and a
-linear classifier with one output per class (7 for FER2013, 8 for FER+). The flatten width is computed with ``shapes.conv_output_size``
-rather than guessed, so any block configuration gets a correctly sized head (or a clear
-error when the input is too small for it).
+linear classifier with one output per class (7 for FER2013, 8 for FER+). The flatten width
+is computed with ``shapes.conv_output_size`` rather than guessed, so any block configuration
+gets a correctly sized head (or a clear error when the input is too small for it).
 
 Input: (N, 1, H, W) float in [0, 1]. Normalisation (dataset mean/std) lives in the model as
 buffers, so saved weights carry it and prediction needs nothing else. Output: logits
