@@ -6,7 +6,8 @@ as JSON in the model's ``metadata_props`` under ``METADATA_KEY``, what deciding 
 describing need: class names, class biases, the deferral rule, temperature, weights, TTA,
 the members' and the ensemble's ``info`` and the ensemble's id. ``OnnxEnsemble`` has the
 interface of ``Ensemble`` for prediction (``predict_proba``, ``decide``, ``predict``,
-``info``, ``classes``), with the same decision (``decision.decide_labels``). Imports numpy and onnxruntime only, so it starts in a fraction
+``info``, ``classes``), with the same decision (``decision.decide_labels``). Imports numpy
+and onnxruntime only, so it starts in a fraction
 of torch's import time.
 """
 
