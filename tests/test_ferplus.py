@@ -344,6 +344,6 @@ def test_ferplus_search_ensembles_and_predicts_eight_named_classes(fixture_data:
     columns = [f"p_{c}" for c in FERPLUS_CLASS_NAMES]
     assert [c for c in df.columns if c.startswith("p_")] == columns
     assert len(df) == 100
-    np.testing.assert_allclose(df[columns].sum(1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(df[columns].sum(axis=1), 1.0, atol=1e-4)
     assert set(df["label_name"]) <= set(FERPLUS_CLASS_NAMES)
     assert (df["label_name"] == [FERPLUS_CLASS_NAMES[i] for i in df["label"]]).all()
