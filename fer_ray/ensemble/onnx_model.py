@@ -118,7 +118,7 @@ class OnnxEnsemble:
         self.session = session
         self.path = path
         self.metadata = meta
-        self.classes: tuple[str, ...] = tuple(meta["classes"])
+        self.classes: list[str] = list(meta["classes"])
         self.members: list[dict[str, Any]] = [
             {"name": m["name"], "info": m.get("info", {})} for m in meta["members"]]
         self.weights: np.ndarray = meta["weights"]
