@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from support.cli import assert_refused, run
 
+import fer_ray.space
 from fer_ray.config import DataConfig, TrainConfig, merge
 from fer_ray.data import CLASS_NAMES, FERPLUS_CLASS_NAMES, format_class_table, load_data
 from fer_ray.data.synthetic import make_synthetic
@@ -314,15 +315,43 @@ def test_an_eight_class_ensemble_names_its_classes(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------ search end to end ----
 
+SMOKE_SPACE = Path(fer_ray.space.__file__).parent / "spaces" / "smoke.yaml"
+VOTE_ALPHA_PARAM = "  data.vote_alpha: {type: uniform, low: 0.0, high: 1.0}\n"
+
+
+def test_a_space_searches_vote_alpha_but_no_other_data_field(tmp_path: Path) -> None:
+    from fer_ray.space import load_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SMOKE_SPACE.read_text() + VOTE_ALPHA_PARAM)
+    loaded = load_space(str(space))
+    assert "data.vote_alpha" in [p.key for p in loaded.params]
+    space.write_text(SMOKE_SPACE.read_text() + "  data.val_fraction: 0.2\n")
+    with pytest.raises(ConfigError, match=r"params.data.val_fraction: unknown key \(known "
+                                          r"data keys: vote_alpha\)"):
+        load_space(str(space))
+
+
+def test_a_space_drawing_vote_alpha_needs_votes(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(SMOKE_SPACE.read_text() + VOTE_ALPHA_PARAM)
+    proc = run("search", "--space", str(space), "--synthetic-size", "300", "--storage",
+               str(tmp_path / "runs"), "--name", "exp")
+    assert_refused(proc, f"space {space} draws data.vote_alpha: give --votes FOLDER")
+    assert not (tmp_path / "runs" / "exp").exists()
+
+
 
 @pytest.mark.ray
 def test_ferplus_search_ensembles_and_predicts_eight_named_classes(fixture_data: Path,
                                                                    tmp_path: Path) -> None:
     """python -m fer_ray.search --labels ferplus (2 smoke trials), its ensemble, then
     python -m fer_ray.predict: every output names FER+'s 8 classes."""
+    space = tmp_path / "space.yaml"  # the smoke space, drawing vote_alpha too
+    space.write_text(SMOKE_SPACE.read_text() + VOTE_ALPHA_PARAM)
     search = subprocess.run(
         [sys.executable, "-m", "fer_ray.search", "--data", str(fixture_data), "--labels",
-         "ferplus", "--space", "smoke", "--num-samples", "2", "--max-epochs", "2",
+         "ferplus", "--space", str(space), "--num-samples", "2", "--max-epochs", "2",
          "--grace-period", "1", "--top-k", "2", "--storage", str(tmp_path), "--name", "exp",
          "--device", "cpu"], capture_output=True, text=True, timeout=400)
     assert search.returncode == 0, search.stderr[-3000:]
@@ -331,7 +360,9 @@ def test_ferplus_search_ensembles_and_predicts_eight_named_classes(fixture_data:
     record = json.loads((tmp_path / "exp" / "search.json").read_text())
     assert record["data"]["classes"] == list(FERPLUS_CLASS_NAMES)
     results = pd.read_parquet(tmp_path / "exp" / "results.parquet")
-    assert all(json.loads(c)["data"]["labels"] == "ferplus" for c in results["config_json"])
+    configs = [json.loads(c)["data"] for c in results["config_json"]]
+    assert all(c["labels"] == "ferplus" for c in configs)
+    assert [c["vote_alpha"] for c in configs] == results["param.data.vote_alpha"].tolist()
     ensemble = json.loads((tmp_path / "exp" / "ensemble" / "ensemble.json").read_text())
     assert ensemble["classes"] == list(FERPLUS_CLASS_NAMES)
     assert len(ensemble["class_biases"]) == 8 and "public_test" in ensemble["info"]["test"]
