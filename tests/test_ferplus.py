@@ -312,6 +312,31 @@ def test_an_eight_class_ensemble_names_its_classes(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="members predict different classes"):
         Ensemble([*nets, mixed], np.ones(3) / 3)
 
+    from fer_ray.ensemble.onnx_export import export_onnx
+    from fer_ray.recognize import Recognizer
+
+    export_onnx(loaded, tmp_path / "ens.onnx")
+    for location in (tmp_path / "ens", tmp_path / "ens.onnx"):
+        recognizer = Recognizer.load(location)
+        assert recognizer.classes == FERPLUS_CLASS_NAMES
+        face = recognizer.recognize(np.full((48, 48), 128, np.uint8), faces="none").faces[0]
+        assert list(face.to_dict()["probs"]) == list(FERPLUS_CLASS_NAMES)
+        assert face.label_name == FERPLUS_CLASS_NAMES[face.label]
+
+
+def test_report_tables_name_the_classes_they_are_given() -> None:
+    from fer_ray.metrics import confusion_matrix
+    from fer_ray.report.analysis import confusion_sentence, most_confused_pairs, per_class_table
+
+    labels, preds = np.array([7, 7, 7, 0, 1]), np.array([0, 0, 7, 0, 1])
+    cm = confusion_matrix(labels, preds, 8)
+    table = per_class_table({"m": cm}, FERPLUS_CLASS_NAMES)
+    assert list(table.index) == [*FERPLUS_CLASS_NAMES, "macro"]
+    assert table.loc["contempt", "support"] == 3
+    pair = most_confused_pairs(cm, top=1, min_count=1)[0]
+    assert confusion_sentence(pair, 3, FERPLUS_CLASS_NAMES) == \
+        "contempt is predicted as neutral for 67 % of contempt faces (2 of 3)"
+
 
 # ------------------------------------------------------------ search end to end ----
 
