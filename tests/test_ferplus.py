@@ -403,3 +403,13 @@ def test_ferplus_search_ensembles_and_predicts_eight_named_classes(fixture_data:
     np.testing.assert_allclose(df[columns].sum(axis=1), 1.0, atol=1e-4)
     assert set(df["label_name"]) <= set(FERPLUS_CLASS_NAMES)
     assert (df["label_name"] == [FERPLUS_CLASS_NAMES[i] for i in df["label"]]).all()
+
+
+def test_real_ferplus_votes_leave_out_the_known_faces(fer2013_dir: Path) -> None:
+    """The shared data (FER2013_DIR, votes in ../ferplus): 323 training and 36 PublicTest
+    faces have no emotion majority or no votes; all 8 emotions remain."""
+    data = load_data(DataConfig(path=str(fer2013_dir), labels="ferplus"), seed=0)
+    assert data.left_out == {"train": 323, "public_test": 36}
+    assert len(data.train) + len(data.val) == 28_709 - 323
+    assert len(data.tests["public_test"]) == 3_589 - 36
+    assert set(np.unique(data.tests["public_test"].labels)) == set(range(8))  # type: ignore[arg-type]
