@@ -24,6 +24,7 @@ Padding = Literal["same", "valid"]
 OptimizerName = Literal["sgd", "adam", "adamw", "adamax", "nadam", "rmsprop", "adagrad"]
 Schedule = Literal["none", "cosine", "onecycle", "plateau"]
 Precision = Literal["auto", "bf16", "fp32"]
+LabelSet = Literal["fer2013", "ferplus"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,17 @@ class DataConfig:
     val_fraction: float = 0.1
     synthetic_size: int = 6000  # images generated when path is None
     subsample: int | None = None  # keep this many training images (stratified), for quick runs
+    # What the model learns: "fer2013" (7 classes, the files' labels) or "ferplus" (FER+'s 8
+    # emotions, labels = the crowd's majority; faces with an unknown / not-a-face majority
+    # are left out). See fer_ray.data.votes.
+    labels: LabelSet = "fer2013"
+    # The folder of FER+ votes files, <name>_votes.npz for each <name>.npz of the data; None:
+    # the folder "ferplus" beside the data's folder (data/fer2013/ -> data/ferplus/).
+    votes: str | None = None
+    # Training targets: vote_alpha * one_hot(label) + (1 - vote_alpha) * the votes' share
+    # per class. None: the label set's default, 1 for fer2013 (the labels alone, no votes
+    # read), 0 for ferplus (the vote distribution: Barsoum's "probability" targets).
+    vote_alpha: float | None = None
 
 
 @dataclass(frozen=True)
@@ -240,7 +252,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "augment.crop": (0, 47, True), "augment.erasing": (0, 1, True),
     "augment.mixup": (0, 1e3, True), "augment.cutmix": (0, 1e3, True),
     "data.val_fraction": (0, 1, False), "data.synthetic_size": (1, MAX_SYNTHETIC, True),
-    "data.subsample": (1, 2**40, True),
+    "data.subsample": (1, 2**40, True), "data.vote_alpha": (0, 1, True),
 }
 _POSITIVE = {"optim.lr", "data.val_fraction"}  # 0 itself is refused
 

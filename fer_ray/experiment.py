@@ -26,6 +26,7 @@ from fer_ray.config import (
     MAX_ENSEMBLE_MEMBERS,
     MAX_SYNTHETIC,
     TrainConfig,
+    check_config,
     from_dict,
     merge,
 )
@@ -89,6 +90,9 @@ class SearchSettings:
     val_fraction: float = 0.1
     subsample: int | None = None
     synthetic_size: int = 6000
+    labels: str = "fer2013"  # data.labels: fer2013 or ferplus
+    votes: str | None = None  # data.votes: the FER+ votes folder
+    vote_alpha: float | None = None  # data.vote_alpha (a space may draw it per trial)
     metric: str = "val_acc"
     mode: str = "max"
     max_failures: int = 2
@@ -148,6 +152,7 @@ class SearchSettings:
             raise ConfigError(f"--precision: {self.precision!r} is not auto, bf16 or fp32")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"mode: {self.mode!r} must be 'max' or 'min'")
+        check_config(base_config(self), {"data.vote_alpha": "--vote-alpha"})
         return self
 
     def _check_ranges(self) -> None:
@@ -277,14 +282,17 @@ def base_config(settings: SearchSettings) -> TrainConfig:
                                  "data": {"path": settings.data,
                                           "val_fraction": settings.val_fraction,
                                           "subsample": settings.subsample,
-                                          "synthetic_size": settings.synthetic_size}})
+                                          "synthetic_size": settings.synthetic_size,
+                                          "labels": settings.labels, "votes": settings.votes,
+                                          "vote_alpha": settings.vote_alpha}})
 
 
 def load_search_data(settings: SearchSettings) -> FerData:
     """The data of a search: --data (or built-in faces) split into train/val, plus --test."""
-    data = load_data(base_config(settings).data, seed=settings.seed)
+    config = base_config(settings).data
+    data = load_data(config, seed=settings.seed)
     if settings.test:
-        add_test_split(data, settings.test)
+        add_test_split(data, settings.test, config=config)
     return data
 
 

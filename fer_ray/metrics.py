@@ -10,7 +10,8 @@ import numpy as np
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int = 7) -> np.ndarray:
-    """(K, K) int64 counts; entry [i, j] = samples of class i predicted as j."""
+    """(K, K) int64 counts; entry [i, j] = samples of class i predicted as j. K defaults to
+    FER2013's 7 classes: give the task's (FER+: 8)."""
     idx = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(preds, dtype=np.int64)
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
@@ -31,8 +32,11 @@ def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
     return float(np.mean(np.asarray(labels) == np.asarray(preds))) if len(labels) else 0.0
 
 
-def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int = 7) -> float:
-    """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
+def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int | None = None) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions
+    (so any num_classes above the largest id gives the same; None: that largest id + 1)."""
+    if num_classes is None:
+        num_classes = int(max(np.max(labels, initial=0), np.max(preds, initial=0))) + 1
     cm = confusion_matrix(labels, preds, num_classes)
     present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
     return float(per_class_scores(cm)["f1"][present].mean()) if present.any() else 0.0

@@ -5,7 +5,8 @@ column) and ``.npz`` files with ``images``. Faces (``--faces``, see ``fer_ray.re
 ``auto`` finds the faces in photos larger than a FER crop and takes small images and CSV/npz
 rows as faces; ``detect`` finds faces in every image file; ``none`` takes every input as one
 face. One CSV row per face: ``source, face, x, y, w, h, detector_score, label, label_name,
-p_angry ... p_neutral, [deferred,] error``; a photo without a face is one row saying so.
+p_<class> for each of the ensemble's classes (p_angry ... p_neutral for FER2013, p_neutral
+... p_contempt for FER+), [deferred,] error``; a photo without a face is one row saying so.
 ``--annotate DIR`` writes each photo with its boxes and top emotions drawn on (PNG).
 
 Inputs that cannot be read (any file type, damaged, not a regular file, over a size limit)
@@ -31,7 +32,6 @@ import numpy as np
 
 from fer_ray import storage
 from fer_ray._cli import ArgumentParser, run_main
-from fer_ray.data import CLASS_NAMES
 from fer_ray.data.faces import MIN_FACE
 from fer_ray.data.inputs import Item, iter_inputs
 from fer_ray.errors import ConfigError, DataError
@@ -74,17 +74,20 @@ class Counts:
 
 
 class RowWriter:
-    """CSV rows in the predict format (or Kaggle's ``id,label``)."""
+    """CSV rows in the predict format (or Kaggle's ``id,label``); ``classes``: the
+    ensemble's class names, one probability column each."""
 
-    def __init__(self, handle: TextIO, options: Options, counts: Counts) -> None:
+    def __init__(self, handle: TextIO, options: Options, counts: Counts,
+                 classes: Sequence[str]) -> None:
         self.writer = csv.writer(handle)
         self.options = options
         self.counts = counts
+        self.classes = tuple(classes)
         if options.kaggle:
             self.writer.writerow(["id", "label"])
         else:
             self.writer.writerow(["source", "face", "x", "y", "w", "h", "detector_score",
-                                  "label", "label_name", *[f"p_{c}" for c in CLASS_NAMES],
+                                  "label", "label_name", *[f"p_{c}" for c in self.classes],
                                   *(["deferred"] if options.defer else []), "error"])
 
     def _empty(self, source: str, error: str) -> None:
@@ -92,7 +95,7 @@ class RowWriter:
         if self.options.kaggle:
             self.writer.writerow([self.counts.rows - 1, ""])
             return
-        self.writer.writerow([source, *[""] * (8 + len(CLASS_NAMES)),
+        self.writer.writerow([source, *[""] * (8 + len(self.classes)),
                               *([""] if self.options.defer else []), error])
 
     def error(self, item: Item) -> None:
@@ -126,7 +129,8 @@ def _write_faces(recognizer: Recognizer, items: list[Item], rows: RowWriter) -> 
         height, width = item.photo.shape[:2] if item.photo is not None else crops.shape[1:]
         rows.counts.read += 1
         rows.face(item.source, FaceResult(0, (0, 0, int(width), int(height)), None, probs[k],
-                                          int(labels[k]), bool(deferred[k])))
+                                          int(labels[k]), bool(deferred[k]),
+                                          recognizer.classes))
     items.clear()
 
 
@@ -157,7 +161,7 @@ def write_predictions(recognizer: Recognizer, inputs: Sequence[str], handle: Tex
     from fer_ray.annotate import Annotator
 
     counts = Counts()
-    rows = RowWriter(handle, options, counts)
+    rows = RowWriter(handle, options, counts, recognizer.classes)
     annotator = Annotator(options.annotate) if options.annotate else None
     pending: list[Item] = []
     for item in iter_inputs(inputs, photos=options.faces != "none"):

@@ -46,6 +46,9 @@ class Engine(Protocol):
 
     info: dict[str, Any]
 
+    @property
+    def classes(self) -> Sequence[str]: ...
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
 
     def decide(self, probs: np.ndarray, rule: str = "argmax") -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +67,8 @@ class FaceCrop:
 
 @dataclass(frozen=True)
 class FaceResult:
-    """One face and its emotion. probs: (7,) in ``CLASS_NAMES`` order, summing to 1."""
+    """One face and its emotion. probs: (C,) in the order of ``classes`` (the ensemble's;
+    FER2013's by default), summing to 1."""
 
     face: int
     box: tuple[int, int, int, int]
@@ -72,10 +76,11 @@ class FaceResult:
     probs: np.ndarray
     label: int
     deferred: bool
+    classes: tuple[str, ...] = CLASS_NAMES
 
     @property
     def label_name(self) -> str:
-        return CLASS_NAMES[self.label]
+        return self.classes[self.label]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: face, box {x, y, w, h}, detector_score, label, label_name, probs
@@ -84,7 +89,8 @@ class FaceResult:
         return {"face": self.face, "box": {"x": x, "y": y, "w": w, "h": h},
                 "detector_score": self.detector_score, "label": self.label,
                 "label_name": self.label_name,
-                "probs": {name: float(p) for name, p in zip(CLASS_NAMES, self.probs, strict=True)},
+                "probs": {name: float(p) for name, p in zip(self.classes, self.probs,
+                                                             strict=True)},
                 "deferred": self.deferred}
 
 
@@ -138,6 +144,11 @@ class Recognizer:
         self.members = members
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        """The names of the probabilities' columns, in order (the ensemble's classes)."""
+        return tuple(self.engine.classes)
+
+    @property
     def info(self) -> dict[str, Any]:
         """The ensemble's recorded figures (validation, test, data fingerprint...)."""
         return self.engine.info
@@ -168,9 +179,9 @@ class Recognizer:
 
     def classify(self, crops: np.ndarray,
                  rule: str = "argmax") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(N, 48, 48) uint8 faces -> probs (N, 7), labels (N,) int, deferred (N,) bool."""
+        """(N, 48, 48) uint8 faces -> probs (N, C), labels (N,) int, deferred (N,) bool."""
         if len(crops) == 0:
-            return (np.zeros((0, len(CLASS_NAMES))), np.zeros(0, dtype=np.int64),
+            return (np.zeros((0, len(self.classes))), np.zeros(0, dtype=np.int64),
                     np.zeros(0, dtype=bool))
         probs = np.asarray(self.engine.predict_proba(crops), dtype=np.float64)
         labels, deferred = self.engine.decide(probs, rule)
@@ -198,7 +209,7 @@ class Recognizer:
         results, k = [], 0
         for gray, why, found in zip(grays, refused, located, strict=True):
             face_results = [FaceResult(crop.face, crop.box, crop.detector_score, probs[k + i],
-                                       int(labels[k + i]), bool(deferred[k + i]))
+                                       int(labels[k + i]), bool(deferred[k + i]), self.classes)
                             for i, crop in enumerate(found)]
             k += len(found)
             results.append(PhotoResult(gray.shape[1], gray.shape[0], face_results,

@@ -46,6 +46,7 @@ class TrialData:
 
     train_images/val_images: (N, 48, 48) uint8; train_labels/val_labels: (N,) int64;
     normalization: the training pixels' (mean, std) in [0, 1], computed once on the driver.
+    train_vote_probs: (N, C) float32 FER+ vote shares (``Split.vote_probs``), or None.
     """
 
     train_images: np.ndarray
@@ -53,6 +54,7 @@ class TrialData:
     val_images: np.ndarray
     val_labels: np.ndarray
     normalization: tuple[float, float] | None = None
+    train_vote_probs: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
         return
 
     # Arrays from the object store are read-only views; the trainer copies them to its device.
-    train = Split(data.train_images, data.train_labels, "train")
+    train = Split(data.train_images, data.train_labels, "train", data.train_vote_probs)
     val = Split(data.val_images, data.val_labels, "val")
     trainer: Trainer | None = None
     try:

@@ -187,7 +187,8 @@ BAD_CASES = [
     ("optimz: {}\n" + GOOD, "optimz: unknown top-level section"),
     ("params:\n  optim.lrr: 0.1\n", "params.optim.lrr: unknown key (known optim keys: "
                                     "optimizer, lr"),
-    ("params:\n  data.path: x\n", "params.data.path: unknown key (expected section.field"),
+    ("params:\n  data.path: x\n", "params.data.path: unknown key (known data keys: vote_alpha)"),
+    ("params:\n  train.lr: 1\n", "params.train.lr: unknown key (expected section.field"),
     ("params:\n  lr: 0.1\n", "params.lr: unknown key (expected section.field"),
     ("params:\n  optim.lr: {type: gaussian, low: 0, high: 1}\n",
      "params.optim.lr.type: 'gaussian' is not a distribution type"),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fer_ray.config import DataConfig
-from fer_ray.data._types import CLASS_NAMES, NUM_CLASSES, RawDataset, Split
+from fer_ray.data._types import CLASS_NAMES, RawDataset, Split, class_names
 from fer_ray.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: predict starts without it
@@ -22,13 +22,19 @@ if TYPE_CHECKING:  # pandas is imported where a table is made: predict starts wi
 
 @dataclass(frozen=True)
 class FerData:
-    """Ready-to-train arrays: train and val labelled, tests by name (labels may be None)."""
+    """Ready-to-train arrays: train and val labelled, tests by name (labels may be None).
+
+    classes: the names of the label ids (``data.labels``); left_out: faces each split left
+    out for its labels (FER+: no emotion majority).
+    """
 
     train: Split
     val: Split
     tests: dict[str, Split] = field(default_factory=dict)
     converted: int = 0
     source: str = ""
+    classes: tuple[str, ...] = CLASS_NAMES
+    left_out: dict[str, int] = field(default_factory=dict)
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int
@@ -61,7 +67,8 @@ def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def _take(split: Split, idx: np.ndarray, source: str) -> Split:
     labels = None if split.labels is None else split.labels[idx]
-    return Split(np.ascontiguousarray(split.images[idx]), labels, source)
+    votes = None if split.vote_probs is None else split.vote_probs[idx]
+    return Split(np.ascontiguousarray(split.images[idx]), labels, source, votes)
 
 
 def prepare(raw: RawDataset, config: DataConfig, seed: int) -> FerData:
@@ -71,7 +78,7 @@ def prepare(raw: RawDataset, config: DataConfig, seed: int) -> FerData:
     train = raw.train
     assert train.labels is not None
     if config.subsample is not None:
-        if config.subsample < 2 * NUM_CLASSES:
+        if config.subsample < 2 * len(class_names(config.labels)):
             raise ConfigError(f"data.subsample: {config.subsample} is too small")
         keep = stratified_subsample(train.labels, config.subsample, seed)
         train = _take(train, keep, f"{train.source} (subsample {len(keep)})")
@@ -82,12 +89,20 @@ def prepare(raw: RawDataset, config: DataConfig, seed: int) -> FerData:
         tr_idx, va_idx = stratified_split(train.labels, config.val_fraction, seed)
         val = _take(train, va_idx, f"{train.source} [val {config.val_fraction:g}, seed {seed}]")
         train = _take(train, tr_idx, f"{train.source} [train]")
-    return FerData(train, val, dict(raw.tests), raw.converted, raw.source)
+    return FerData(train, val, dict(raw.tests), raw.converted, raw.source,
+                   class_names(config.labels), dict(raw.left_out))
 
 
 def load_data(config: DataConfig, seed: int) -> FerData:
-    """Load ``config.path`` (any supported format) or generate the built-in synthetic faces."""
+    """Load ``config.path`` (any supported format) or generate the built-in synthetic faces,
+    with FER+ votes where ``config`` asks for them (``fer_ray.data.votes``)."""
+    from fer_ray.data.votes import apply_votes, needs_votes
+
     if config.path is None:
+        if needs_votes(config):
+            raise ConfigError("FER+ votes (data.labels ferplus, data.vote_alpha < 1 or "
+                              "data.votes) need --data: FER2013 .npz files; the built-in "
+                              "synthetic faces have no votes")
         from fer_ray.data.synthetic import make_synthetic
 
         raw = RawDataset(train=make_synthetic(config.synthetic_size, seed=seed),
@@ -95,18 +110,26 @@ def load_data(config: DataConfig, seed: int) -> FerData:
     else:
         from fer_ray.data.loaders import read_source
 
-        raw = read_source(config.path)
+        raw = apply_votes(read_source(config.path), config)
     return prepare(raw, config, seed)
 
 
-def add_test_split(data: FerData, path: str, name: str = "test") -> None:
+def add_test_split(data: FerData, path: str, name: str = "test",
+                   config: DataConfig | None = None) -> None:
     """Read ``path`` as an extra test split of ``data``, unless ``data`` already holds the same
-    images (``--data folder --test folder/public_test.npz``: one split, scored once)."""
-    from fer_ray.data.loaders import read_split
+    images (``--data folder --test folder/public_test.npz``: one split, scored once).
 
-    split = read_split(path, name)
+    config: the data's config; with FER+ labels the split's labels come from its votes.
+    """
+    from fer_ray.data.loaders import read_split
+    from fer_ray.data.votes import with_votes
+
+    split, left_out = with_votes(read_split(path, name), config or DataConfig(),
+                                 training=False)
     if not any(np.array_equal(split.images, t.images) for t in data.tests.values()):
         data.tests[name] = split
+        if left_out:
+            data.left_out[name] = left_out
 
 
 def class_distribution(data: FerData) -> pd.DataFrame:
@@ -114,11 +137,11 @@ def class_distribution(data: FerData) -> pd.DataFrame:
     splits: dict[str, Split] = {"train": data.train, "val": data.val, **data.tests}
     import pandas as pd
 
-    table = pd.DataFrame(index=list(CLASS_NAMES))
+    table = pd.DataFrame(index=list(data.classes))
     for name, split in splits.items():
         if split.labels is None:
             continue
-        counts = np.bincount(split.labels, minlength=NUM_CLASSES)
+        counts = np.bincount(split.labels, minlength=len(data.classes))
         table[f"{name} n"] = counts
         table[f"{name} %"] = np.round(100.0 * counts / max(counts.sum(), 1), 1)
     table.loc["total"] = [table[c].sum() if c.endswith(" n") else 100.0 for c in table.columns]
@@ -126,8 +149,13 @@ def class_distribution(data: FerData) -> pd.DataFrame:
 
 
 def format_class_table(data: FerData) -> str:
-    table = class_distribution(data)
-    return table.to_string(float_format=lambda v: f"{v:.1f}")
+    """The class table, and the faces the labels left out (FER+), as the CLIs print them."""
+    table = class_distribution(data).to_string(float_format=lambda v: f"{v:.1f}")
+    if not data.left_out:
+        return table
+    counts = ", ".join(f"{n} of {name}" for name, n in data.left_out.items())
+    return f"{table}\nleft out (no FER+ emotion majority: unknown, not a face or no votes): " \
+           f"{counts}"
 
 
 def fingerprint(data: FerData) -> str:

@@ -233,7 +233,8 @@ def score_tests(cands: Candidates, weights: dict[str, np.ndarray], chosen: np.nd
                                           split.images, modes)
         by_mode = {}
         for mode, probas in computed.items():  # unused candidates: zeros, weight 0
-            by_mode[mode] = np.zeros((len(cands.members), len(split), 7), np.float32)
+            by_mode[mode] = np.zeros((len(cands.members), len(split), probas.shape[2]),
+                                     np.float32)
             by_mode[mode][used] = probas
         table = {variant_name(name, mode): scores(soft_vote(probas, wv), split.labels)
                  for name, wv in weights.items() for mode, probas in by_mode.items()}
@@ -249,6 +250,7 @@ def decision_report(raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray,
     """Calibration (NLL/ECE before and after T), argmax vs adjusted rule, deferral figures."""
     adjusted = predict_with_biases(calibrated, ensemble.class_biases)
     argmax = calibrated.argmax(1)
+    k = calibrated.shape[1]
     deferred = defer_mask(calibrated, ensemble.defer_threshold or 0.0, "max_prob")
     kept = ~deferred
     curve = accuracy_coverage_curve(calibrated, labels, "max_prob")
@@ -259,8 +261,9 @@ def decision_report(raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray,
         "ece_after": expected_calibration_error(calibrated, labels),
         "adjusted_acc": accuracy(labels, adjusted),
         "adjusted_macro_f1": macro_f1(labels, adjusted),
-        "recall_argmax": per_class_scores(confusion_matrix(labels, argmax))["recall"].tolist(),
-        "recall_adjusted": per_class_scores(confusion_matrix(labels, adjusted))["recall"].tolist(),
+        "recall_argmax": per_class_scores(confusion_matrix(labels, argmax, k))["recall"].tolist(),
+        "recall_adjusted": per_class_scores(confusion_matrix(labels, adjusted, k)
+                                            )["recall"].tolist(),
         "coverage": float(kept.mean()),
         "acc_on_kept": accuracy(labels[kept], argmax[kept]) if kept.any() else 0.0,
         "curve_coverage": curve["coverage"][:: max(1, len(curve["coverage"]) // 50)].tolist(),

@@ -41,7 +41,7 @@ from fer_ray.tta import TTA_VIEWS, TtaMode
 class Candidates:
     """Candidate checkpoints, best first, with their models and validation probabilities.
 
-    val_probas: TTA mode -> (n_candidates, N_val, 7): "none" the stored probabilities, the
+    val_probas: TTA mode -> (n_candidates, N_val, C): "none" the stored probabilities, the
     other modes (``fer_ray.tta``) computed here. computed: mode -> (n_candidates,) bool, the
     candidates ``val_probas[mode]`` holds (zeros for the others); default: all of them.
     first_rung: per candidate, whether ASHA stopped its trial at the first rung (such
@@ -184,7 +184,7 @@ def duplicates_another(val_probs: np.ndarray, kept: list[np.ndarray]) -> bool:
 
 
 def _load_candidate(ckpt: dict[str, Any], data: FerData) -> tuple[Member, np.ndarray]:
-    """A checkpoint's model as a Member, and its stored validation probabilities (N_val, 7)."""
+    """A checkpoint's model as a Member, and its stored validation probabilities (N_val, C)."""
     folder = storage.fetch_dir(str(ckpt["path"]))
     model, config = load_model(folder)
     trial_id = ckpt["trial_id"]

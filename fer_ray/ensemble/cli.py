@@ -8,7 +8,6 @@ from typing import Any
 
 from fer_ray import storage
 from fer_ray._cli import ArgumentParser, run_main
-from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.build import VARIANTS, BuildResult, build_ensemble, variant_name
 from fer_ray.ensemble.model import ENSEMBLE_FILES
 from fer_ray.ensemble.record import MAX_MEMBERS
@@ -48,7 +47,7 @@ def format_result(result: BuildResult, top_k: int) -> str:
             f"ECE {figures['ece_before']:.3f} -> {figures['ece_after']:.3f}; "
             f"deferring {1 - figures['coverage']:.0%} gives acc {figures['acc_on_kept']:.4f}")
         recalls = ", ".join(f"{c} {a:.2f}/{b:.2f}" for c, a, b in zip(
-            CLASS_NAMES, figures["recall_argmax"], figures["recall_adjusted"], strict=True))
+            e.classes, figures["recall_argmax"], figures["recall_adjusted"], strict=True))
         lines.append(f"    recall argmax/adjusted: {recalls}")
     return "\n".join(lines)
 

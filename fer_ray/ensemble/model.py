@@ -23,14 +23,13 @@ import torch
 
 from fer_ray import storage
 from fer_ray.config import TrainConfig, to_dict
-from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.calibration import temperature_scale
 from fer_ray.ensemble.decision import decide_labels
 from fer_ray.ensemble.record import FORMAT_VERSION, parse_record
 from fer_ray.ensemble.voting import SoftVotingEnsemble
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.models.inference import EVAL_BATCH, predict_probas
-from fer_ray.models.io import build_checked, save_weights
+from fer_ray.models.io import build_checked, model_classes, save_weights
 from fer_ray.models.vgg_fer import VGGFer
 from fer_ray.paths import read_json
 from fer_ray.tta import TtaMode, tta_mode
@@ -57,7 +56,8 @@ def _weights_file(member: Member) -> str:
 class Ensemble:
     """Weighted soft voting over members, with calibration and a decision rule.
 
-    weights: (n_members,) summing to 1. class_biases: (7,) added to log-probabilities.
+    weights: (n_members,) summing to 1. class_biases: (C,) added to log-probabilities, C the
+    members' classes (``classes``; zeros when not given).
     tta: the TTA mode (``fer_ray.tta``; true/false are read as "flip"/"none").
     defer_threshold: abstain when confidence (``defer_kind``) is below it; None = never.
     """
@@ -66,13 +66,24 @@ class Ensemble:
     weights: np.ndarray
     tta: TtaMode = "none"
     temperature: float = 1.0
-    class_biases: np.ndarray = field(default_factory=lambda: np.zeros(len(CLASS_NAMES)))
+    class_biases: np.ndarray = field(default_factory=lambda: np.zeros(0))
     defer_kind: str = "max_prob"
     defer_threshold: float | None = None
     info: dict[str, Any] = field(default_factory=dict)  # validation figures, data fingerprint
 
     def __post_init__(self) -> None:
         self.tta = tta_mode(self.tta)
+        if self.class_biases.size == 0:
+            self.class_biases = np.zeros(len(self.classes))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names of the probabilities' columns: the members' (all the same)."""
+        sets = {model_classes(m.config) for m in self.members}
+        if len(sets) != 1:
+            raise ConfigError(f"ensemble members predict different classes: "
+                              f"{' / '.join(', '.join(s) for s in sorted(sets))}")
+        return next(iter(sets))
 
     def to(self, device: torch.device | str) -> Ensemble:
         for member in self.members:
@@ -80,16 +91,16 @@ class Ensemble:
         return self
 
     def member_probas(self, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-        """(n_members, N, 7) float32 softmax of each member for (N, 48, 48) uint8 images."""
+        """(n_members, N, C) float32 softmax of each member for (N, 48, 48) uint8 images."""
         return predict_probas([m.model for m in self.members], images, self.tta, batch_size)
 
     def combine(self, probas: np.ndarray) -> np.ndarray:
-        """Member probabilities (n_members, N, 7) -> calibrated ensemble probabilities (N, 7)."""
+        """Member probabilities (n_members, N, C) -> calibrated ensemble probabilities (N, C)."""
         voted = SoftVotingEnsemble(self.weights).fit(probas).predict_proba(probas)
         return temperature_scale(voted, self.temperature)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-        """(N, 7) calibrated class probabilities for (N, 48, 48) uint8 images."""
+        """(N, C) calibrated class probabilities for (N, 48, 48) uint8 images."""
         return self.combine(self.member_probas(images, batch_size))
 
     def decide(self, probs: np.ndarray, rule: str = "argmax") -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +120,7 @@ class Ensemble:
         entries = [{"name": m.name, "weights_file": _weights_file(m),
                     "config": to_dict(m.config), "info": m.info} for m in self.members]
         record = {
-            "format_version": FORMAT_VERSION, "classes": list(CLASS_NAMES),
+            "format_version": FORMAT_VERSION, "classes": list(self.classes),
             "members": entries, "weights": [float(w) for w in self.weights],
             "tta": self.tta, "temperature": float(self.temperature),
             "class_biases": [float(b) for b in self.class_biases],
@@ -154,7 +165,8 @@ class Ensemble:
             record = parse_record(read_json(path), directory)
         except ConfigError as exc:
             raise DataError(f"{path}: not a valid ensemble ({exc})") from None
-        members = [Member(m.name, m.config, build_checked(m.config.model, m.weights_file),
+        members = [Member(m.name, m.config, build_checked(m.config.model, m.weights_file,
+                                                          len(record.classes)),
                           m.info) for m in record.members]
         return cls(members=members, weights=record.weights, tta=record.tta,
                    temperature=record.temperature, class_biases=record.class_biases,

@@ -4,7 +4,7 @@ The graph computes what ``Ensemble.predict_proba`` computes, with the same torch
 into it: uint8 images (N, 48, 48) -> float / 255 (``as_float_images``) -> each member's
 logits, with TTA the mean over the mode's views (``tta_logits``: mirror image, 2 px edge-padded
 shifts) -> softmax
--> weighted mean over members -> softmax(log(clip(p, 1e-12, 1)) / T) -> ``probs`` (N, 7)
+-> weighted mean over members -> softmax(log(clip(p, 1e-12, 1)) / T) -> ``probs`` (N, C)
 float32. The batch axis is dynamic. The decision inputs (class biases, deferral) and the
 description (``info``, members, id) go into ``metadata_props`` as JSON, with the key names of
 ``ensemble.json``.
@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from fer_ray import __version__, storage
-from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.decision import LOG_EPS
 from fer_ray.ensemble.model import Ensemble
 from fer_ray.ensemble.onnx_model import (
@@ -53,7 +52,7 @@ PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| the export is held to
 
 
 class EnsembleGraph(nn.Module):
-    """forward: images (N, 48, 48) uint8 -> probabilities (N, 7) float32, as
+    """forward: images (N, 48, 48) uint8 -> probabilities (N, C) float32, as
     ``Ensemble.predict_proba`` (module doc). Members must be in eval mode."""
 
     weights: torch.Tensor
@@ -79,7 +78,7 @@ def onnx_metadata(ensemble: Ensemble, opset: int) -> dict[str, Any]:
     """What the runtime needs besides the graph (``onnx_model.parse_metadata`` reads it)."""
     return {
         "format_version": FORMAT_VERSION, "ensemble_id": ensemble.ensemble_id,
-        "classes": list(CLASS_NAMES),
+        "classes": list(ensemble.classes),
         "members": [{"name": m.name, "info": m.info} for m in ensemble.members],
         "weights": [float(w) for w in ensemble.weights], "tta": ensemble.tta,
         "temperature": float(ensemble.temperature),

@@ -1,12 +1,13 @@
 """An exported ensemble (``python -m fer_ray.export``) run with onnxruntime: no torch, no Ray.
 
 One ``.onnx`` file holds the whole prediction of ``Ensemble.predict_proba`` as one graph
-(input ``images`` (N, 48, 48) uint8, output ``probs`` (N, 7) float32) and, as JSON in the
-model's ``metadata_props`` under ``METADATA_KEY``, what deciding and describing need: class
-names, class biases, the deferral rule, temperature, weights, TTA, the members' and the
-ensemble's ``info`` and the ensemble's id. ``OnnxEnsemble`` has the interface of ``Ensemble``
-for prediction (``predict_proba``, ``decide``, ``predict``, ``info``), with the same decision
-(``decision.decide_labels``). Imports numpy and onnxruntime only, so it starts in a fraction
+(input ``images`` (N, 48, 48) uint8, output ``probs`` (N, C) float32, C = len(classes)) and,
+as JSON in the model's ``metadata_props`` under ``METADATA_KEY``, what deciding and
+describing need: class names, class biases, the deferral rule, temperature, weights, TTA,
+the members' and the ensemble's ``info`` and the ensemble's id. ``OnnxEnsemble`` has the
+interface of ``Ensemble`` for prediction (``predict_proba``, ``decide``, ``predict``,
+``info``, ``classes``), with the same decision (``decision.decide_labels``). Imports numpy
+and onnxruntime only, so it starts in a fraction
 of torch's import time.
 """
 
@@ -115,7 +116,7 @@ class OnnxEnsemble:
 
     Attributes (from the metadata): classes, members ([{name, info}]), weights (n_members,),
     tta (the mode; exports before modes: true/false read as flip/none), temperature,
-    class_biases (7,), defer_kind, defer_threshold (None: never defer), info (the ensemble's
+    class_biases (C,), defer_kind, defer_threshold (None: never defer), info (the ensemble's
     validation/test figures), ensemble_id, format_version, path.
     """
 
@@ -161,7 +162,7 @@ class OnnxEnsemble:
         return cls(session, meta, path)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-        """(N, 7) float32 calibrated class probabilities for (N, 48, 48) uint8 images."""
+        """(N, C) float32 calibrated class probabilities for (N, 48, 48) uint8 images."""
         images = np.asarray(images)
         if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE or images.dtype != np.uint8:
             raise ValueError(f"images must be (N, 48, 48) uint8, got {images.shape} "
@@ -174,7 +175,7 @@ class OnnxEnsemble:
         return out
 
     def decide(self, probs: np.ndarray, rule: str = "argmax") -> tuple[np.ndarray, np.ndarray]:
-        """(labels (N,), deferred (N,) bool) from probabilities (N, 7), as ``Ensemble.decide``."""
+        """(labels (N,), deferred (N,) bool) from probabilities (N, C), as ``Ensemble.decide``."""
         return decide_labels(probs, rule, self.class_biases, self.defer_threshold,
                              self.defer_kind)
 

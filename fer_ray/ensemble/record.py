@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from fer_ray.config import MAX_ENSEMBLE_MEMBERS, TrainConfig, from_dict
-from fer_ray.data import CLASS_NAMES
+from fer_ray.data import LABEL_SETS
 from fer_ray.errors import ConfigError
+from fer_ray.models.io import model_classes
 from fer_ray.models.vgg_fer import check_model
 from fer_ray.paths import shown
 from fer_ray.tta import TtaMode, tta_mode
@@ -46,8 +47,10 @@ class MemberEntry:
 
 @dataclass(frozen=True)
 class EnsembleRecord:
-    """A checked ``ensemble.json``. weights: (n_members,) >= 0; class_biases: (7,)."""
+    """A checked ``ensemble.json``. classes: the members' class names (C of them);
+    weights: (n_members,) >= 0; class_biases: (C,)."""
 
+    classes: tuple[str, ...]
     members: list[MemberEntry]
     weights: np.ndarray
     tta: TtaMode  # files written before modes hold true/false: read as "flip"/"none"
@@ -114,6 +117,21 @@ def _member(entry: Any, key: str, directory: Path) -> MemberEntry:
                                            directory), config, info)
 
 
+def _classes(value: Any, members: list[MemberEntry]) -> tuple[str, ...]:
+    """The record's class names: a known label set's, the one every member was trained on
+    (a member config without ``data.labels`` is FER2013's)."""
+    known = [list(names) for names in LABEL_SETS.values()]
+    if value not in known:
+        raise ConfigError(f"classes: {value!r:.120} are not one of fer-ray's label sets "
+                          f"({'; '.join(', '.join(k) for k in known)})")
+    for i, m in enumerate(members):
+        if list(model_classes(m.config)) != value:
+            raise ConfigError(f"members[{i}].config.data.labels: {m.config.data.labels!r} "
+                              f"predicts {', '.join(model_classes(m.config))}, not the "
+                              f"ensemble's classes {', '.join(value)}")
+    return tuple(value)
+
+
 def _members(value: Any, directory: Path) -> list[MemberEntry]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_MEMBERS:
         got = f"{len(value)} members" if isinstance(value, list) else type(value).__name__
@@ -127,7 +145,7 @@ def _members(value: Any, directory: Path) -> list[MemberEntry]:
     total = 0
     for i, m in enumerate(members):
         try:
-            total += check_model(m.config.model, len(CLASS_NAMES))
+            total += check_model(m.config.model, len(model_classes(m.config)))
         except ConfigError as exc:
             raise ConfigError(f"members[{i}].config.{exc}") from None
     if total > MAX_ENSEMBLE_PARAMETERS:
@@ -146,10 +164,8 @@ def parse_record(record: Any, directory: Path) -> EnsembleRecord:
     if isinstance(version, bool) or version != FORMAT_VERSION:
         raise ConfigError(f"format_version: {version!r:.20} is not supported (this fer-ray "
                           f"reads version {FORMAT_VERSION})")
-    if record["classes"] != list(CLASS_NAMES):
-        raise ConfigError(f"classes: {record['classes']!r:.120} are not fer-ray's "
-                          f"{', '.join(CLASS_NAMES)}")
     members = _members(record["members"], directory)
+    classes = _classes(record["classes"], members)
     weights = _numbers(record["weights"], "weights", len(members), 0.0, math.inf)
     if not weights.sum() > 0:
         raise ConfigError("weights: at least one must be > 0")
@@ -163,9 +179,9 @@ def parse_record(record: Any, directory: Path) -> EnsembleRecord:
     if not isinstance(info, dict):
         raise ConfigError("info: expected an object")
     return EnsembleRecord(
-        members=members, weights=weights, tta=tta,
+        classes=classes, members=members, weights=weights, tta=tta,
         temperature=_number(record["temperature"], "temperature", *TEMPERATURE_RANGE),
-        class_biases=_numbers(record["class_biases"], "class_biases", len(CLASS_NAMES),
+        class_biases=_numbers(record["class_biases"], "class_biases", len(classes),
                               -MAX_ABS_BIAS, MAX_ABS_BIAS),
         defer_kind=kind,
         defer_threshold=None if threshold is None else _number(threshold, "defer.threshold",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fer_ray.data import Split
+from fer_ray.data import NUM_CLASSES, Split
 from fer_ray.errors import ConfigError
 from fer_ray.metrics import accuracy, macro_f1
 from fer_ray.tta import SHIFT_PX, SHIFTS, TTA_VIEWS, TtaMode
@@ -47,6 +47,11 @@ def local_resources() -> tuple[int, int]:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else os.cpu_count() or 1
     return cpus, torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def num_classes(model: torch.nn.Module) -> int:
+    """A network's outputs per image (a VGGFer records them; FER2013's 7 otherwise)."""
+    return int(getattr(model, "num_classes", NUM_CLASSES))
 
 
 def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -85,14 +90,14 @@ def tta_views(x: torch.Tensor, mode: TtaMode) -> list[torch.Tensor]:
 
 
 def tta_view_logits(model: torch.nn.Module, x: torch.Tensor, mode: TtaMode) -> torch.Tensor:
-    """Logits (n_views, N, 7) float32 of each TTA view of float images x (N, 1, H, W)."""
+    """Logits (n_views, N, C) float32 of each TTA view of float images x (N, 1, H, W)."""
     # One forward pass per view, each of the caller's batch size: on the CPU batches of
     # EVAL_BATCH run faster per image than one of n_views times that (see EVAL_BATCH).
     return torch.stack([model(view).float() for view in tta_views(x, mode)])
 
 
 def tta_logits(model: torch.nn.Module, x: torch.Tensor, mode: TtaMode) -> torch.Tensor:
-    """Logits (N, 7) float32 of float images x (N, 1, H, W): the mean of the logits of the
+    """Logits (N, C) float32 of float images x (N, 1, H, W): the mean of the logits of the
     mode's views (``fer_ray.tta``). Also traced into the ONNX export, so both agree."""
     return tta_view_logits(model, x, mode).mean(0)
 
@@ -101,7 +106,7 @@ def tta_logits(model: torch.nn.Module, x: torch.Tensor, mode: TtaMode) -> torch.
 def predict_view_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor,
                         device: torch.device | None = None, batch_size: int = EVAL_BATCH,
                         tta: TtaMode = "none") -> torch.Tensor:
-    """Logits (n_views, N, 7) float32 on the model's device of each TTA view of (N, 48, 48)
+    """Logits (n_views, N, C) float32 on the model's device of each TTA view of (N, 48, 48)
     uint8 images, in fp32. The model is moved to channels_last (same weights, faster
     convolutions)."""
     device = device or next(model.parameters()).device
@@ -113,13 +118,15 @@ def predict_view_logits(model: torch.nn.Module, images: np.ndarray | torch.Tenso
         x = as_float_images(data[start:start + batch_size].to(device))
         out.append(tta_view_logits(model, x, tta))
     model.train(was_training)
-    return torch.cat(out, dim=1) if out else torch.zeros(TTA_VIEWS[tta], 0, 7, device=device)
+    if not out:
+        return torch.zeros(TTA_VIEWS[tta], 0, num_classes(model), device=device)
+    return torch.cat(out, dim=1)
 
 
 def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor,
                    device: torch.device | None = None, batch_size: int = EVAL_BATCH,
                    tta: TtaMode = "none") -> torch.Tensor:
-    """Logits (N, 7) float32 on the model's device for (N, 48, 48) uint8 images, in fp32:
+    """Logits (N, C) float32 on the model's device for (N, 48, 48) uint8 images, in fp32:
     with TTA the mean of the views' logits (``tta_logits``)."""
     return predict_view_logits(model, images, device, batch_size, tta).mean(0)
 
@@ -127,7 +134,7 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor,
 def predict_probas(models: Sequence[torch.nn.Module], images: np.ndarray,
                    tta: TtaMode = "none", batch_size: int = EVAL_BATCH,
                    workers: int | None = None) -> np.ndarray:
-    """(n_models, N, 7) float32 softmax of each model for (N, 48, 48) uint8 images, fp32,
+    """(n_models, N, C) float32 softmax of each model for (N, 48, 48) uint8 images, fp32,
     with the TTA mode ``tta``."""
     return predict_probas_by_mode(models, images, (tta,), batch_size, workers)[tta]
 
@@ -135,7 +142,7 @@ def predict_probas(models: Sequence[torch.nn.Module], images: np.ndarray,
 def predict_probas_by_mode(models: Sequence[torch.nn.Module], images: np.ndarray,
                            modes: Sequence[TtaMode], batch_size: int = EVAL_BATCH,
                            workers: int | None = None) -> dict[str, np.ndarray]:
-    """mode -> (n_models, N, 7) float32 softmax of each model with that TTA mode, for
+    """mode -> (n_models, N, C) float32 softmax of each model with that TTA mode, for
     (N, 48, 48) uint8 images, in fp32. One pass over the views of the most expensive mode
     gives them all (a cheaper mode's views are its first ones).
 
@@ -147,8 +154,9 @@ def predict_probas_by_mode(models: Sequence[torch.nn.Module], images: np.ndarray
     """
     for model in models:  # before the threads: predict_view_logits would convert it in each one
         model.eval().to(memory_format=torch.channels_last)
-    out: dict[str, np.ndarray] = {mode: np.zeros((len(models), len(images), 7), np.float32)
-                                  for mode in modes}
+    classes = num_classes(models[0]) if models else 0
+    out: dict[str, np.ndarray] = {
+        mode: np.zeros((len(models), len(images), classes), np.float32) for mode in modes}
     widest = max(modes, key=TTA_VIEWS.__getitem__)
     on_cpu = all(next(m.parameters()).device.type == "cpu" for m in models)
     workers = workers or (torch.get_num_threads() if on_cpu else 1)

@@ -2,12 +2,13 @@
 
 Conv blocks (each: ``convs_per_block`` convolutions, each followed by batch norm and the
 activation, then 2x2 max-pool and dropout), then dense layers (+ batch norm, dropout) and a
-7-way linear classifier. The flatten width is computed with ``shapes.conv_output_size``
-rather than guessed, so any block configuration gets a correctly sized head (or a clear
-error when the input is too small for it).
+linear classifier with one output per class (7 for FER2013, 8 for FER+). The flatten width
+is computed with ``shapes.conv_output_size`` rather than guessed, so any block configuration
+gets a correctly sized head (or a clear error when the input is too small for it).
 
 Input: (N, 1, H, W) float in [0, 1]. Normalisation (dataset mean/std) lives in the model as
-buffers, so saved weights carry it and prediction needs nothing else. Output: logits (N, 7).
+buffers, so saved weights carry it and prediction needs nothing else. Output: logits
+(N, num_classes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from fer_ray.config import ModelConfig, from_dict
+from fer_ray.data import NUM_CLASSES
 from fer_ray.errors import ConfigError
 from fer_ray.models.registry import create_model, list_models, register_model
 from fer_ray.models.shapes import conv_output_size
@@ -30,6 +32,7 @@ MIN_BLOCKS, MAX_BLOCKS = 2, 6
 # 512-filter convs, dense 1024) has about 96M parameters and 16 layers.
 MAX_PARAMETERS = 150_000_000
 MAX_LAYERS = 64  # convolutions (stem included) + dense layers
+MAX_CLASSES = 1000
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -102,7 +105,7 @@ def _check_structure(config: ModelConfig) -> tuple[int, ...]:
     return convs
 
 
-def parameter_count(config: ModelConfig, num_classes: int = 7) -> int:
+def parameter_count(config: ModelConfig, num_classes: int = NUM_CLASSES) -> int:
     """Numbers in the network's state dict (parameters and batch-norm buffers), from the
     config alone: what its weights file must hold. Nothing is allocated."""
     convs = _check_structure(config)
@@ -123,10 +126,12 @@ def parameter_count(config: ModelConfig, num_classes: int = 7) -> int:
     return total + num_classes * (width + 1)
 
 
-def check_model(config: ModelConfig, num_classes: int = 7) -> int:
+def check_model(config: ModelConfig, num_classes: int = NUM_CLASSES) -> int:
     """Refuse (ConfigError) a config that is not a buildable network (sizes, layer counts,
     dropout outside [0, 1)) or has more than MAX_PARAMETERS numbers; returns the parameter
     count. Nothing is allocated."""
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise ConfigError(f"model: {num_classes} classes (2..{MAX_CLASSES} allowed)")
     count = parameter_count(config, num_classes)
     dropouts = per_block(config.dropout, len(config.filters), "dropout")
     for p in (*dropouts, config.dense_dropout):
@@ -167,15 +172,17 @@ def feature_shape(config: ModelConfig, input_size: int | None = None) -> tuple[i
 
 
 class VGGFer(nn.Module):
-    """VGG-like FER CNN. forward: (N, 1, H, W) float in [0, 1] -> logits (N, num_classes)."""
+    """VGG-like FER CNN. forward: (N, 1, H, W) float in [0, 1] -> logits (N, num_classes);
+    num_classes defaults to FER2013's 7."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, config: ModelConfig, num_classes: int = 7) -> None:
+    def __init__(self, config: ModelConfig, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         check_model(config, num_classes)
         self.config = config
+        self.num_classes = num_classes
         n_blocks = len(config.filters)
         channels, h, w = feature_shape(config)
         convs = per_block(config.convs_per_block, n_blocks, "convs_per_block")
@@ -224,19 +231,20 @@ class VGGFer(nn.Module):
 
 
 def _vgg_fer_factory(base: ModelConfig) -> Any:
-    """A factory taking any ModelConfig field as a keyword, defaulting to ``base``."""
+    """A factory taking any ModelConfig field as a keyword, defaulting to ``base``, and
+    ``num_classes`` (default FER2013's 7)."""
 
-    def factory(**hparams: Any) -> VGGFer:
+    def factory(num_classes: int = NUM_CLASSES, **hparams: Any) -> VGGFer:
         merged = {**dataclasses.asdict(base), **hparams}
         merged.pop("name", None)
-        return VGGFer(from_dict(ModelConfig, merged, prefix="model."))
+        return VGGFer(from_dict(ModelConfig, merged, prefix="model."), num_classes)
 
     # create_model checks hyperparameter names against this signature.
     params = [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=getattr(base, f.name))
         for f in dataclasses.fields(ModelConfig)
         if f.name != "name"
-    ]
+    ] + [inspect.Parameter("num_classes", inspect.Parameter.KEYWORD_ONLY, default=NUM_CLASSES)]
     factory.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     return factory
 
@@ -246,13 +254,14 @@ for _name, _preset in MODEL_PRESETS.items():
     register_model(_name)(_vgg_fer_factory(_preset))
 
 
-def build_model(config: ModelConfig) -> VGGFer:
+def build_model(config: ModelConfig, num_classes: int = NUM_CLASSES) -> VGGFer:
     """The model a resolved config describes, built by the registry's factory for
-    ``config.name`` (a vgg_fer variant) with every other field as a hyperparameter."""
+    ``config.name`` (a vgg_fer variant) with every other field as a hyperparameter, with
+    ``num_classes`` outputs (the length of the data's ``classes``)."""
     if config.name not in list_models():
         raise ConfigError(f"model.name: unknown model {config.name!r}")
     hparams = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                if f.name != "name"}
-    model = create_model(config.name, **hparams)
+    model = create_model(config.name, num_classes=num_classes, **hparams)
     assert isinstance(model, VGGFer)
     return model

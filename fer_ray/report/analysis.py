@@ -3,13 +3,13 @@
 Hyperparameter helpers (which ``param.*`` columns vary, how to treat them, an Optuna study
 rebuilt from ``results.parquet`` and its fANOVA importances), the ensemble-size curve, the
 "most confused class pairs" and the per-class / per-variant tables. Inputs are plain arrays /
-DataFrames: probs (N, 7) rows summing to 1, labels (N,) int in 0..6, cm (7, 7) counts with
+DataFrames: probs (N, C) rows summing to 1, labels (N,) int in 0..C-1, cm (C, C) counts with
 rows = true classes and columns = predictions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -129,7 +129,7 @@ def ensemble_size_curve(probas: np.ndarray, labels: np.ndarray, max_k: int,
                         seed: int = 0) -> pd.DataFrame:
     """Validation accuracy of uniform top-k and of greedy selection with k steps, k = 1..K.
 
-    probas: (n_models, N, 7) stored validation probabilities, best model first.
+    probas: (n_models, N, C) stored validation probabilities, best model first.
     Returns columns k, uniform, greedy, greedy_members (distinct models greedy picked).
     """
     rows = []
@@ -168,21 +168,24 @@ def most_confused_pairs(cm: np.ndarray, top: int = 3, min_count: int = 1
     return pairs
 
 
-def confusion_sentence(pair: tuple[int, int, float, int], total: int) -> str:
-    """'fear is predicted as sad for 18 % of fear faces (93 of 512)'."""
+def confusion_sentence(pair: tuple[int, int, float, int], total: int,
+                       classes: Sequence[str] = CLASS_NAMES) -> str:
+    """'fear is predicted as sad for 18 % of fear faces (93 of 512)'; classes: the names of
+    the class ids (default FER2013's)."""
     i, j, share, count = pair
-    true, pred = CLASS_NAMES[i], CLASS_NAMES[j]
+    true, pred = classes[i], classes[j]
     return f"{true} is predicted as {pred} for {100 * share:.0f} % of {true} faces " \
            f"({count} of {total})"
 
 
-def per_class_table(cms: dict[str, np.ndarray]) -> pd.DataFrame:
+def per_class_table(cms: dict[str, np.ndarray], classes: Sequence[str] = CLASS_NAMES
+                    ) -> pd.DataFrame:
     """Precision / recall / F1 per class for each named confusion matrix, plus support.
 
-    cms: label (e.g. "ensemble") -> (7, 7) counts on the same split. Rows: classes and a
-    "macro" row; values in percent.
+    cms: label (e.g. "ensemble") -> (C, C) counts on the same split, C = len(classes)
+    (default FER2013's 7). Rows: classes and a "macro" row; values in percent.
     """
-    table = pd.DataFrame(index=pd.Index(list(CLASS_NAMES), name="class"))
+    table = pd.DataFrame(index=pd.Index(list(classes), name="class"))
     support = None
     for label, cm in cms.items():
         s = per_class_scores(cm)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fer_ray.data import CLASS_NAMES, class_distribution
+from fer_ray.data import class_distribution
 from fer_ray.metrics import confusion_matrix, per_class_scores
 from fer_ray.report import analysis, figures
 from fer_ray.report.analysis import (
@@ -246,21 +246,21 @@ def _errors_section(doc: Document, inp: Inputs, out: Path) -> None:
             models["single"] = inp.single[split]
         cms = {}
         for label, probs in models.items():
-            cm = confusion_matrix(labels, probs.argmax(1))
+            cm = confusion_matrix(labels, probs.argmax(1), len(inp.classes))
             cms[label] = cm
             acc = np.trace(cm) / max(cm.sum(), 1)
             path = figures.plot_confusion(
                 cm, f"{_long(label, inp)} on {split}: accuracy {_pct(acc)}",
-                out / f"confusion_{label}_{_slug(split)}.png")
+                out / f"confusion_{label}_{_slug(split)}.png", inp.classes)
             doc.image(path, f"Confusion matrix of the {_long(label, inp)} on {split}.")
         doc.text("Per-class precision (P), recall (R) and F1 in % (single = the best trial, "
                  f"{inp.single_id}):")
-        doc.table(per_class_table(cms))
+        doc.table(per_class_table(cms, inp.classes))
         for label, cm in cms.items():
             pairs = most_confused_pairs(cm, top=4, min_count=2)
             totals = cm.sum(axis=1)
             doc.text(f"Most confused classes for the {_long(label, inp)} on {split}:")
-            doc.bullets([confusion_sentence(p, int(totals[p[0]])) for p in pairs]
+            doc.bullets([confusion_sentence(p, int(totals[p[0]]), inp.classes) for p in pairs]
                         or ["no class is confused with another"])
 
 
@@ -345,13 +345,14 @@ def _ensemble_section(doc: Document, inp: Inputs, out: Path) -> None:
     recalls = {}
     for split, probs in inp.ens_cal.items():
         y = inp.labels[split]
-        plain = per_class_scores(confusion_matrix(y, e.decide(probs, "argmax")[0]))["recall"]
-        adj = per_class_scores(confusion_matrix(y, e.decide(probs, "adjusted")[0]))["recall"]
+        k = len(e.classes)
+        plain = per_class_scores(confusion_matrix(y, e.decide(probs, "argmax")[0], k))["recall"]
+        adj = per_class_scores(confusion_matrix(y, e.decide(probs, "adjusted")[0], k))["recall"]
         recalls[split] = (plain, adj)
-    doc.image(figures.plot_recall_rules(recalls, out / "recall_rules.png"),
+    doc.image(figures.plot_recall_rules(recalls, out / "recall_rules.png", e.classes),
               "Per-class recall with argmax and with the class biases fitted on validation "
               "for macro-F1 (biases: " + ", ".join(
-                  f"{c} {b:+.1f}" for c, b in zip(CLASS_NAMES, e.class_biases, strict=True))
+                  f"{c} {b:+.1f}" for c, b in zip(e.classes, e.class_biases, strict=True))
               + ").")
     coverage = {s: (inp.ens_cal[s], inp.labels[s]) for s in inp.ens_cal}
     doc.image(figures.plot_coverage(coverage, e.defer_threshold, out / "coverage.png"),

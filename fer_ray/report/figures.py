@@ -3,7 +3,7 @@
 
 Every ``plot_*`` function writes one PNG (dpi 120, 6-8 inches wide) and closes its figure.
 Accuracies are drawn in percent. Inputs are plain arrays / DataFrames:
-probs (N, 7) rows summing to 1, labels (N,) int in 0..6, cm (7, 7) counts with rows = true
+probs (N, C) rows summing to 1, labels (N,) int in 0..C-1, cm (C, C) counts with rows = true
 classes and columns = predictions.
 """
 
@@ -69,8 +69,10 @@ def plot_class_distribution(table: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
-    """Counts (left) and row-normalised percentages (right) of a (7, 7) confusion matrix."""
+def plot_confusion(cm: np.ndarray, title: str, path: Path,
+                   classes: Sequence[str] = CLASS_NAMES) -> Path:
+    """Counts (left) and row-normalised percentages (right) of a (C, C) confusion matrix,
+    C = len(classes) (default FER2013's 7)."""
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(100.0 * cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 4.3))
@@ -83,8 +85,8 @@ def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
             for j in range(values.shape[1]):
                 ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if values[i, j] > 0.6 * top else "black")
-        ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=8)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
     axes[0].set_title("counts", fontsize=10)
@@ -294,15 +296,17 @@ def plot_calibration(splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarr
     return _save(fig, path)
 
 
-def plot_recall_rules(recalls: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
-    """Grouped bars of per-class recall (7,) under argmax vs the logit-adjusted rule, by split."""
+def plot_recall_rules(recalls: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path,
+                      classes: Sequence[str] = CLASS_NAMES) -> Path:
+    """Grouped bars of per-class recall (C,) under argmax vs the logit-adjusted rule, by
+    split; C = len(classes) (default FER2013's 7)."""
     n = len(recalls)
     fig, axes = plt.subplots(n, 1, figsize=(WIDTH, 2.6 * n + 0.4), squeeze=False)
-    x = np.arange(len(CLASS_NAMES))
+    x = np.arange(len(classes))
     for ax, (name, (plain, adjusted)) in zip(axes[:, 0], recalls.items(), strict=True):
         ax.bar(x - 0.2, 100 * plain, 0.4, label="argmax")
         ax.bar(x + 0.2, 100 * adjusted, 0.4, label="adjusted (class biases)")
-        ax.set_xticks(x, CLASS_NAMES)
+        ax.set_xticks(x, classes)
         ax.set_ylabel("recall (%)")
         ax.set_ylim(0, 119)  # headroom so the legend never hides a bar
         ax.set_title(name, fontsize=10)
@@ -316,7 +320,7 @@ def plot_coverage(splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
                   threshold: float | None, path: Path) -> Path:
     """Accuracy on the kept faces vs coverage when deferring the least confident ones.
 
-    splits: name -> (calibrated probs (N, 7), labels (N,)); the saved threshold is marked.
+    splits: name -> (calibrated probs (N, C), labels (N,)); the saved threshold is marked.
     """
     fig, ax = plt.subplots(figsize=(WIDTH, 4.2))
     for i, (name, (probs, labels)) in enumerate(splits.items()):

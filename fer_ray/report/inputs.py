@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fer_ray.data import FerData, Split, fingerprint
+from fer_ray.data import CLASS_NAMES, FerData, Split, fingerprint
 from fer_ray.data.loaders import read_split
+from fer_ray.data.votes import with_votes
 from fer_ray.ensemble.calibration import temperature_scale
 from fer_ray.ensemble.model import ENSEMBLE_JSON, Ensemble
 from fer_ray.ensemble.voting import soft_vote
@@ -24,6 +25,7 @@ from fer_ray.experiment import (
     RESULTS_PARQUET,
     USABLE,
     SearchSettings,
+    base_config,
     checkpoint_location,
     load_search_data,
     read_search_json,
@@ -40,7 +42,8 @@ MAX_CANDIDATES = 20  # as many trials as an ensemble build considers
 
 @dataclass
 class Inputs:
-    """Everything the report draws from. probs: split -> (N, 7); labels: split -> (N,)."""
+    """Everything the report draws from. probs: split -> (N, C); labels: split -> (N,);
+    C = len(classes)."""
 
     experiment: Path
     record: dict[str, Any]
@@ -55,6 +58,13 @@ class Inputs:
     ens_cal: dict[str, np.ndarray] = field(default_factory=dict)  # after temperature
     single: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names: the ensemble's, else the data's, else FER2013's."""
+        if self.ensemble is not None:
+            return self.ensemble.classes
+        return self.data.classes if self.data is not None else CLASS_NAMES
 
 
 def read_history(trial_dir: Path) -> pd.DataFrame:
@@ -106,7 +116,7 @@ def checkpoint_of(experiment: Path, row: pd.Series) -> Path | None:
 
 
 def stored_val_probas(inputs: Inputs) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(n, N_val, 7) stored validation probabilities of the best usable trials, best first,
+    """(n, N_val, C) stored validation probabilities of the best usable trials, best first,
     (N_val,) their labels and the trial ids; empty when no checkpoint holds them."""
     probas: list[np.ndarray] = []
     names: list[str] = []
@@ -121,7 +131,7 @@ def stored_val_probas(inputs: Inputs) -> tuple[np.ndarray, np.ndarray, list[str]
         probas.append(probs)
         labels = lab
         names.append(str(row["trial_id"]))
-    return (np.stack(probas) if probas else np.zeros((0, 0, 7))), labels, names
+    return (np.stack(probas) if probas else np.zeros((0, 0, len(inputs.classes)))), labels, names
 
 
 def log_columns(results: pd.DataFrame, record: dict[str, Any]) -> set[str]:
@@ -155,7 +165,8 @@ def _load_data(inputs: Inputs, extra_test: str | None) -> None:
     try:
         data = load_search_data(inputs.settings)
         if extra_test:
-            split = read_split(extra_test, "test")
+            split, _ = with_votes(read_split(extra_test, "test"),
+                                  base_config(inputs.settings).data, training=False)
             if not any(np.array_equal(split.images, t.images) for t in data.tests.values()):
                 name = Path(extra_test).stem
                 data.tests[name if name not in data.tests else f"{name} (--test)"] = split

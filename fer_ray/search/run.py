@@ -115,6 +115,9 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
     print(f"experiment {path}  (space {settings.space}, {trials}{budget})", flush=True)
     data = load_search_data(settings)
     print(format_class_table(data), flush=True)
+    if data.train.vote_probs is None and any(p.key == "data.vote_alpha" for p in space.params):
+        raise ConfigError(f"space {settings.space} draws data.vote_alpha: give --votes FOLDER "
+                          "(FER+ votes for the training data)")
     if resume:
         if fingerprint(data) != record.get("data", {}).get("fingerprint"):
             raise DataError(f"{path}: the data no longer matches the experiment's fingerprint")
@@ -132,7 +135,8 @@ def first_record(settings: SearchSettings, data: FerData, timing: Timing, starte
     return {"settings": settings.to_dict(), "data": {
         "source": data.source, "fingerprint": fingerprint(data), "n_train": len(data.train),
         "n_val": len(data.val), "tests": {k: len(v) for k, v in data.tests.items()},
-        "converted": data.converted}, "versions": versions(),
+        "converted": data.converted, "classes": list(data.classes),
+        "left_out": data.left_out}, "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "timing": dataclasses.asdict(timing)}
 

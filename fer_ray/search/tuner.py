@@ -245,7 +245,7 @@ def build_trainable(settings: SearchSettings, space: SearchSpace, base: TrainCon
     """The trainable with data in the object store and per-trial resources attached."""
     assert data.train.labels is not None and data.val.labels is not None
     arrays = TrialData(data.train.images, data.train.labels, data.val.images, data.val.labels,
-                       pixel_stats(data.train.images))
+                       pixel_stats(data.train.images), data.train.vote_probs)
     setup = TrialSetup(space=space, base=base, max_epochs=settings.epochs_cap(),
                        cpus_per_trial=settings.cpus_per_trial,
                        gpus_per_trial=settings.gpus_per_trial, fail_at_epoch=fault[0],

@@ -26,7 +26,6 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from fer_ray.data import CLASS_NAMES
 from fer_ray.data.faces import MIN_FACE
 from fer_ray.errors import reason
 from fer_ray.recognize import FacesMode, PhotoResult, Recognizer
@@ -150,7 +149,7 @@ class FerService:
         s = self.settings
         return JSONResponse({
             "ensemble": {"id": self.rec.ensemble_id, "version": self.rec.version},
-            "classes": list(CLASS_NAMES), "members": self.rec.members, "info": self.rec.info,
+            "classes": list(self.rec.classes), "members": self.rec.members, "info": self.rec.info,
             "replica": {"device": self.device, **self.stats},
             "settings": {"replicas": s.replicas, "max_batch": s.max_batch,
                          "batch_wait_ms": s.batch_wait_ms,

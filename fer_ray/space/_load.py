@@ -18,6 +18,7 @@ import yaml
 from fer_ray.config import TrainConfig, field_types, merge
 from fer_ray.errors import ConfigError
 from fer_ray.space._params import (
+    DATA_PARAMS,
     NUM_BLOCKS,
     PER_BLOCK_FIELDS,
     SECTIONS,
@@ -124,6 +125,8 @@ def _parse_param(key: str, spec: Any, earlier: tuple[Param, ...] = ()) -> Param:
         raise ConfigError(f"{where}: unknown key (expected section.field with section one "
                           f"of {', '.join(SECTIONS)})")
     known = [*field_types(SECTIONS[section]), *(["num_blocks"] if section == "model" else [])]
+    if section == "data":  # the data and its split are the search's, the same for all trials
+        known = [k.partition(".")[2] for k in DATA_PARAMS]
     if name not in known:
         raise ConfigError(f"{where}: unknown key (known {section} keys: {', '.join(known)})")
     if not isinstance(spec, dict):  # a bare value: a constant

@@ -14,13 +14,24 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fer_ray.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig, field_types, merge
+from fer_ray.config import (
+    AugmentConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    field_types,
+    merge,
+)
 from fer_ray.errors import ConfigError
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig,
+                             "data": DataConfig}
+# The data section's only searchable field: every trial must see the same data and split.
+DATA_PARAMS = ("data.vote_alpha",)
 NUM_BLOCKS = "model.num_blocks"
 PER_BLOCK_FIELDS = ("model.filters", "model.convs_per_block", "model.dropout")
 

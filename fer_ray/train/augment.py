@@ -136,9 +136,10 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, config: AugmentConfig,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with a shuffled copy.
 
-    x: (N, C, H, W), y: (N,) -> (mixed x, partner labels y[perm] (N,), lam). The loss is
-    ``lam * CE(y) + (1 - lam) * CE(partner)``. With both alphas > 0, each batch uses one of
-    the two at random; with both 0, x is returned as is with lam = 1.
+    x: (N, C, H, W), y: (N,) labels or (N, K) target rows -> (mixed x, partner targets
+    y[perm], lam). The loss is ``lam * CE(y) + (1 - lam) * CE(partner)``. With both
+    alphas > 0, each batch uses one of the two at random; with both 0, x is returned as is
+    with lam = 1.
     """
     kinds = [k for k, alpha in (("mixup", config.mixup), ("cutmix", config.cutmix))
              if alpha > 0]

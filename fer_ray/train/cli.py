@@ -14,7 +14,6 @@ from fer_ray import storage
 from fer_ray._cli import ArgumentParser, run_main, versions
 from fer_ray.config import TrainConfig, check_config
 from fer_ray.data import (
-    CLASS_NAMES,
     add_test_split,
     fingerprint,
     format_class_table,
@@ -48,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--subsample", type=int, help="use this many training images (stratified)")
     p.add_argument("--synthetic-size", type=int, help="built-in data: images to generate")
+    p.add_argument("--labels", choices=["fer2013", "ferplus"],
+                   help="what the model learns: FER2013's 7 classes (default), or FER+'s 8 "
+                        "emotions (the crowd's majority; needs FER+ votes)")
+    p.add_argument("--votes", metavar="FOLDER",
+                   help="FER+ votes: <name>_votes.npz per <name>.npz of --data / --test "
+                        "(default: the folder 'ferplus' beside the data's folder)")
+    p.add_argument("--vote-alpha", type=float, metavar="A",
+                   help="training targets A * one_hot(label) + (1 - A) * vote shares "
+                        "(default 1 for fer2013, 0 for ferplus)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
@@ -71,7 +79,8 @@ def check_run(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         "epochs": args.epochs, "patience": args.patience, "seed": args.seed,
         "precision": args.precision, "optim": {"batch_size": args.batch_size, "lr": args.lr},
         "data": {"path": args.data, "val_fraction": args.val_fraction,
-                 "subsample": args.subsample, "synthetic_size": args.synthetic_size},
+                 "subsample": args.subsample, "synthetic_size": args.synthetic_size,
+                 "labels": args.labels, "votes": args.votes, "vote_alpha": args.vote_alpha},
     }
     config = check_config(resolve_config(args.preset, args.config, overrides), FLAG_KEYS)
     check_model(config.model)
@@ -87,7 +96,7 @@ def train_main(args: argparse.Namespace, started: float) -> int:
     t0 = time.perf_counter()
     data = load_data(config.data, seed=config.seed)
     if args.test:
-        add_test_split(data, args.test)
+        add_test_split(data, args.test, config=config.data)
     print(f"data: {data.source} ({time.perf_counter() - t0:.1f} s to load)"
           + (f"; {data.converted} images converted to 48x48 grayscale" if data.converted else ""))
     print(format_class_table(data))
@@ -118,7 +127,8 @@ def train_main(args: argparse.Namespace, started: float) -> int:
     record = {"best": result.best, "tests": tests, "test_tta": args.tta,
               "train_seconds": train_seconds, "wall_seconds": time.time() - started,
               "data": {"source": data.source, "fingerprint": fingerprint(data),
-                       "n_train": len(data.train), "n_val": len(data.val)},
+                       "n_train": len(data.train), "n_val": len(data.val),
+                       "left_out": data.left_out},
               "versions": versions()}
     with storage.replace_dir(out, RUN_FILES) as tmp:  # all files, or none
         save_model(result.model, tmp, config, extra=record)
@@ -134,7 +144,7 @@ def train_main(args: argparse.Namespace, started: float) -> int:
         print(f"test[{name}]{tta} acc {s['acc']:.4f}  macro_f1 {s['macro_f1']:.4f}  "
               f"(n={int(s['n'])})")
     print(f"saved to {out}/ (model.safetensors, config.json, history.csv); classes: "
-          f"{', '.join(CLASS_NAMES)}")
+          f"{', '.join(data.classes)}")
     return 0
 
 

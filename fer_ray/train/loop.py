@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from fer_ray.config import TrainConfig
-from fer_ray.data import FerData, Split
+from fer_ray.data import FerData, Split, class_names
+from fer_ray.data.votes import soft_targets, vote_alpha
 from fer_ray.errors import ConfigError
 from fer_ray.metrics import accuracy, macro_f1
 from fer_ray.models import VGGFer, build_model
@@ -93,7 +94,8 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class FitResult:
-    """model: best weights, eval mode. val_probs: (N_val, 7) float32 softmax at the best epoch."""
+    """model: best weights, eval mode. val_probs: (N_val, C) float32 softmax at the best
+    epoch, C the classes of ``config.data.labels``."""
 
     model: VGGFer
     history: list[dict[str, float]]
@@ -102,6 +104,31 @@ class FitResult:
     val_labels: np.ndarray
     stopped_early: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _train_targets(config: TrainConfig, train: Split, device: torch.device
+                   ) -> torch.Tensor | None:
+    """(N, C) float32 targets on ``device`` mixing labels and votes (``data.vote_alpha``),
+    or None when the labels alone are the targets (alpha 1)."""
+    alpha = vote_alpha(config.data)
+    if alpha >= 1.0:
+        return None
+    if train.vote_probs is None or train.labels is None:
+        raise ConfigError(f"data.vote_alpha {alpha:g} needs FER+ votes for the training "
+                          "data (data.votes / --votes)")
+    return torch.from_numpy(soft_targets(train.labels, train.vote_probs, alpha)).to(device)
+
+
+def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, partner: torch.Tensor,
+                        lam: float, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of logits (N, C) against ``target``, class ids (N,) int64 or
+    probability rows (N, C) float32, mixed with ``partner`` (the same kind) at weight
+    ``1 - lam`` (mixup / CutMix): the loss of the mixed target rows, as CE is linear in them."""
+    loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
+    if lam < 1.0:
+        loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner,
+                                                          label_smoothing=smoothing)
+    return loss
 
 
 class Trainer:
@@ -119,13 +146,15 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model)
+        self.model = build_model(config.model, len(class_names(config.data.labels)))
         self.model.set_normalization(*(normalization or pixel_stats(train.images)))
         self.model.to(self.device).to(memory_format=torch.channels_last)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
         self.x_train = to_device_images(train.images, self.device)
         self.y_train = torch.from_numpy(train.labels.astype(np.int64)).to(self.device)
+        # (N, C) float32 probability targets when the votes take part, else None (class ids).
+        self.t_train = _train_targets(config, train, self.device)
         self.x_val = to_device_images(val.images, self.device)
         self.val_labels = val.labels.astype(np.int64)
         self.y_val = torch.from_numpy(self.val_labels).to(self.device)
@@ -140,7 +169,7 @@ class Trainer:
                                          self.steps_per_epoch)
         self.epoch = 0
         self.step = 0  # optimizer steps done
-        self.val_probs: np.ndarray = np.zeros((len(val), 7), np.float32)
+        self.val_probs: np.ndarray = np.zeros((len(val), self.model.num_classes), np.float32)
         # Called once, with the seconds per step, after the first PROBE_STEPS steps of the
         # next epoch (a DeadlinePlanner sizes the schedule with it).
         self.step_probe: Callable[[float], None] | None = None
@@ -175,15 +204,13 @@ class Trainer:
             idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
             x = augment_batch(as_float_images(self.x_train[idx]), cfg.augment, self.generator)
             y = self.y_train[idx]
-            x, partner, lam = mix_batch(x, y, cfg.augment, self.generator)
+            target = y if self.t_train is None else self.t_train[idx]
+            x, partner, lam = mix_batch(x, target, cfg.augment, self.generator)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.precision == "bf16"):
                 logits = self.model(x).float()
-            smoothing = cfg.optim.label_smoothing
-            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-            if lam < 1.0:
-                loss = lam * loss + (1.0 - lam) * F.cross_entropy(
-                    logits, partner, label_smoothing=smoothing)
+            loss = mixed_cross_entropy(logits, target, partner, lam,
+                                       cfg.optim.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -35,7 +35,7 @@ def get_preset(name: str) -> TrainConfig:
 FLAG_KEYS = {"epochs": "--epochs", "patience": "--patience", "seed": "--seed",
              "optim.batch_size": "--batch-size", "optim.lr": "--lr",
              "data.val_fraction": "--val-fraction", "data.subsample": "--subsample",
-             "data.synthetic_size": "--synthetic-size"}
+             "data.synthetic_size": "--synthetic-size", "data.vote_alpha": "--vote-alpha"}
 
 
 def resolve_config(preset: str, config_file: str | None, overrides: dict[str, Any]
