@@ -1,7 +1,9 @@
-"""``python -m fer_ray.ensemble`` given bad or odd input (issue 11): every case a real
-subprocess that exits 2 with one ``error:`` line, no traceback, and leaves every file as it
-was: flags and paths are checked before the experiment is read or anything written, and an
-output folder holding anything but an ensemble is never replaced (it used to be deleted).
+"""``python -m fer_ray.ensemble`` given bad or odd input (issue 11): every case exits 2 with
+one ``error:`` line, no traceback, and leaves every file as it was: flags and paths are checked
+before the experiment is read or anything written, and an output folder holding anything but
+an ensemble is never replaced (it used to be deleted). The cases call ``main(argv)`` in this
+process (``run_in_process``); named pipes and the ``python -m`` entry point run in a real
+process (``..._in_a_real_process``).
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def _results_pointing(recorded: str, trial: str = "a") -> Callable[[Path], None]
 
 
 # (case, setup(t), args (with {t}; --experiment {t}/exp is added unless given), expected)
-CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
+Case = tuple[str, Callable[[Path], None], list[str], str]
+CASES: list[Case] = [
     ("--top-k 0", _nothing, ["--top-k", "0"], "--top-k: 0 must be between 1 and 64"),
     ("--top-k -3", _nothing, ["--top-k", "-3"], "--top-k: -3 must be between 1 and 64"),
     ("--top-k 65", _nothing, ["--top-k", "65"], "--top-k: 65 must be between 1 and 64"),
@@ -119,10 +122,26 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "setup", "args", "expected"), CASES,
-                         ids=[c[0] for c in CASES])
+# Named pipes (a reader that opened one would block: a real process has a timeout), and the
+# ``python -m`` entry point with a ConfigError and argparse's refusal.
+REAL = {"--test a named pipe", "search.json a named pipe", "--top-k 0", "--top-k abc"}
+IN_PROCESS: list[Case] = [c for c in CASES if c[0] not in REAL]
+IN_A_REAL_PROCESS: list[Case] = [c for c in CASES if c[0] in REAL]
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), IN_PROCESS,
+                         ids=[c[0] for c in IN_PROCESS])
 def test_refused_with_files_untouched(case: str, setup: Callable[[Path], None],
                                       args: list[str], expected: str,
                                       experiment: Path) -> None:
     refused_with_files_untouched("ensemble", experiment.parent, setup, args, expected,
                                  ("--experiment", str(experiment)))
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), IN_A_REAL_PROCESS,
+                         ids=[c[0] for c in IN_A_REAL_PROCESS])
+def test_refused_with_files_untouched_in_a_real_process(
+        case: str, setup: Callable[[Path], None], args: list[str], expected: str,
+        experiment: Path) -> None:
+    refused_with_files_untouched("ensemble", experiment.parent, setup, args, expected,
+                                 ("--experiment", str(experiment)), real_process=True)

@@ -1,6 +1,8 @@
 """``python -m fer_ray.predict`` given bad or odd input, as a new user would (issue 11).
 
-Two tables, every case a real subprocess:
+Two tables, every case calling ``main(argv)`` in this process (``run_in_process``) but the
+ones only a real process shows (named pipes, a character device; ``..._in_a_real_process``,
+with the permission, closed-stdout and SIGTERM tests below):
 - REFUSED: the command refuses before it writes anything: exit 2, one ``error:`` line, no
   traceback, and every file it was given or pointed at is byte-for-byte unchanged.
 - ISOLATED: one unreadable input among good ones: exit 0, one ``error`` row (and one stderr
@@ -29,6 +31,7 @@ from support.cli import (
     npz_declaring,
     png_declaring,
     run,
+    run_in_process,
     save_tiny_ensemble,
     snapshot,
 )
@@ -178,16 +181,34 @@ REFUSED: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "setup", "args", "expected"), REFUSED,
-                         ids=[c[0] for c in REFUSED])
+# Named pipes (a reader that opened one would block: a real process has a timeout), and the
+# ``python -m`` entry point with argparse's refusal.
+REFUSED_REAL = {"--out is a named pipe", "ensemble.json a named pipe", "--rule bogus"}
+IN_PROCESS = [c for c in REFUSED if c[0] not in REFUSED_REAL]
+REAL = [c for c in REFUSED if c[0] in REFUSED_REAL]
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), IN_PROCESS,
+                         ids=[c[0] for c in IN_PROCESS])
 def test_refused_before_anything_is_written(case: str, setup: Callable[[Path], None],
                                             args: list[str], expected: str,
                                             case_dir: Path) -> None:
-    t = case_dir
+    _refused(case, setup, args, expected, case_dir, run_in_process)
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), REAL, ids=[c[0] for c in REAL])
+def test_refused_before_anything_is_written_in_a_real_process(
+        case: str, setup: Callable[[Path], None], args: list[str], expected: str,
+        case_dir: Path) -> None:
+    _refused(case, setup, args, expected, case_dir, run)
+
+
+def _refused(case: str, setup: Callable[[Path], None], args: list[str], expected: str,
+             t: Path, runner: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     setup(t)
     args = [a.format(t=t) for a in args or DEFAULT_ARGS]
     before = snapshot(t)
-    proc = run("predict", "--ensemble", str(t / "ens"), *args)
+    proc = runner("predict", "--ensemble", str(t / "ens"), *args)
     assert_refused(proc, expected)
     assert snapshot(t) == before, case
 
@@ -301,16 +322,35 @@ ISOLATED: list[tuple[str, Callable[[Path], str], list[tuple[str, str]]]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "make", "rows"), ISOLATED, ids=[c[0] for c in ISOLATED])
+# Special files: a reader that opened one would block (pipes) or never end (/dev/zero).
+ISOLATED_REAL = {"named pipe", "named pipe in a folder", "character device"}
+ISOLATED_IN_PROCESS = [c for c in ISOLATED if c[0] not in ISOLATED_REAL]
+ISOLATED_IN_A_REAL_PROCESS = [c for c in ISOLATED if c[0] in ISOLATED_REAL]
+
+
+@pytest.mark.parametrize(("case", "make", "rows"), ISOLATED_IN_PROCESS,
+                         ids=[c[0] for c in ISOLATED_IN_PROCESS])
 def test_one_bad_input_costs_only_its_own_rows(case: str, make: Callable[[Path], str],
                                                rows: list[tuple[str, str]],
                                                case_dir: Path) -> None:
-    t = case_dir
+    _isolated(make, rows, case_dir, run_in_process)
+
+
+@pytest.mark.parametrize(("case", "make", "rows"), ISOLATED_IN_A_REAL_PROCESS,
+                         ids=[c[0] for c in ISOLATED_IN_A_REAL_PROCESS])
+def test_one_bad_input_costs_only_its_own_rows_in_a_real_process(
+        case: str, make: Callable[[Path], str], rows: list[tuple[str, str]],
+        case_dir: Path) -> None:
+    _isolated(make, rows, case_dir, run)
+
+
+def _isolated(make: Callable[[Path], str], rows: list[tuple[str, str]], t: Path,
+              runner: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     good_png = _good_png(t)
     bad = make(t)
     out = t / "out" / "pred.csv"  # a folder that does not exist yet is created
-    proc = run("predict", "--ensemble", str(t / "ens"), "--out", str(out), str(t / "good.npz"),
-               bad, good_png)
+    proc = runner("predict", "--ensemble", str(t / "ens"), "--out", str(out),
+                  str(t / "good.npz"), bad, good_png)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     df = pd.read_csv(out, keep_default_na=False, encoding="utf-8")
     assert list(df["source"][:3]) == [f"{t}/good.npz:{i}" for i in range(3)]
@@ -330,8 +370,8 @@ def test_one_bad_input_costs_only_its_own_rows(case: str, make: Callable[[Path],
 
 def test_nothing_readable_leaves_the_output_alone(case_dir: Path) -> None:
     t = case_dir
-    proc = run("predict", "--ensemble", str(t / "ens"), "--out", str(t / "old.csv"),
-               str(t / "missing.png"))
+    proc = run_in_process("predict", "--ensemble", str(t / "ens"), "--out", str(t / "old.csv"),
+                          str(t / "missing.png"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no input could be read")
     assert (t / "old.csv").read_text() == "an earlier output that must survive\n"
@@ -353,8 +393,8 @@ def test_a_closed_stdout_ends_quietly(case_dir: Path) -> None:
 
 def test_a_successful_run_replaces_the_output(case_dir: Path) -> None:
     t = case_dir
-    proc = run("predict", "--ensemble", str(t / "ens"), "--out", str(t / "old.csv"),
-               "--defer", "--rule", "adjusted", str(t / "good.npz"))
+    proc = run_in_process("predict", "--ensemble", str(t / "ens"), "--out", str(t / "old.csv"),
+                          "--defer", "--rule", "adjusted", str(t / "good.npz"))
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(t / "old.csv")
     assert len(df) == 3 and "deferred" in df.columns
@@ -364,8 +404,8 @@ def test_a_successful_run_replaces_the_output(case_dir: Path) -> None:
 def test_an_ensemble_uri_that_is_not_there_is_one_line(case_dir: Path) -> None:
     t = case_dir
     before = snapshot(t)
-    proc = run("predict", "--ensemble", f"file://{t}/nowhere", "--out", str(t / "old.csv"),
-               str(t / "good.npz"))
+    proc = run_in_process("predict", "--ensemble", f"file://{t}/nowhere", "--out",
+                          str(t / "old.csv"), str(t / "good.npz"))
     assert_refused(proc, "nowhere: cannot fetch")
     assert snapshot(t) == before
 

@@ -1,7 +1,8 @@
-"""``python -m fer_ray.report`` given bad or odd input (issue 11): every case a real
-subprocess that exits 2 with one ``error:`` line and no traceback, before the report folder
-is created, with every file unchanged. A --test or --ablation that cannot be read is an
-error, not a silently skipped section.
+"""``python -m fer_ray.report`` given bad or odd input (issue 11): every case exits 2 with one
+``error:`` line and no traceback, before the report folder is created, with every file
+unchanged. A --test or --ablation that cannot be read is an error, not a silently skipped
+section. The cases call ``main(argv)`` in this process (``run_in_process``); named pipes and
+the ``python -m`` entry point run in a real process (``..._in_a_real_process``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from support.cli import (
     fifo,
     refused_with_files_untouched,
-    run,
+    run_in_process,
     save_tiny_ensemble,
 )
 
@@ -68,7 +69,8 @@ def _foreign_report(t: Path) -> None:
 
 
 # (case, setup(t), args (with {t}; --experiment {t}/exp is added unless given), expected)
-CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
+Case = tuple[str, Callable[[Path], None], list[str], str]
+CASES: list[Case] = [
     ("--experiment missing", _nothing, ["--experiment", "{t}/nowhere"],
      "nowhere: no such experiment folder"),
     ("--experiment a file", _nothing, ["--experiment", "{t}/file.txt"],
@@ -114,8 +116,16 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "setup", "args", "expected"), CASES,
-                         ids=[c[0] for c in CASES])
+# Named pipes (a reader that opened one would block: a real process has a timeout), and the
+# ``python -m`` entry point with a refusal after the inputs are read.
+REAL = {"search.json a named pipe", "--test a named pipe", "--ablation a named pipe",
+        "ensemble temperature Infinity"}
+IN_PROCESS: list[Case] = [c for c in CASES if c[0] not in REAL]
+IN_A_REAL_PROCESS: list[Case] = [c for c in CASES if c[0] in REAL]
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), IN_PROCESS,
+                         ids=[c[0] for c in IN_PROCESS])
 def test_refused_with_files_untouched(case: str, setup: Callable[[Path], None],
                                       args: list[str], expected: str,
                                       experiment: Path) -> None:
@@ -123,10 +133,19 @@ def test_refused_with_files_untouched(case: str, setup: Callable[[Path], None],
                                  ("--experiment", str(experiment)))
 
 
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), IN_A_REAL_PROCESS,
+                         ids=[c[0] for c in IN_A_REAL_PROCESS])
+def test_refused_with_files_untouched_in_a_real_process(
+        case: str, setup: Callable[[Path], None], args: list[str], expected: str,
+        experiment: Path) -> None:
+    refused_with_files_untouched("report", experiment.parent, setup, args, expected,
+                                 ("--experiment", str(experiment)), real_process=True)
+
+
 def test_a_report_replaces_only_its_own_folder(experiment: Path) -> None:
     """The happy path through the same checks: written, then rewritten in place."""
     for _ in range(2):
-        proc = run("report", "--experiment", str(experiment))
+        proc = run_in_process("report", "--experiment", str(experiment))
         assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (experiment / "report").iterdir())
     assert "report.html" in names and "report.md" in names

@@ -1,8 +1,11 @@
 """``python -m fer_ray.search`` given bad or odd input (issue 11).
 
-The table: every case a real subprocess that exits 2 with one ``error:`` line and no
-traceback, before Ray starts and before anything is written: the folder holding --storage is
-byte-for-byte unchanged (no experiment folder, no search.json, no empty folders). Then the
+The table: every case exits 2 with one ``error:`` line and no traceback, before Ray starts and
+before anything is written: the folder holding --storage is byte-for-byte unchanged (no
+experiment folder, no search.json, no empty folders). The cases refused by the flags' checks
+call ``main(argv)`` in this process (``run_in_process``, which fails a case that imports Ray);
+the ones refused after Ray's import (the experiment folder, resources, --address, the data)
+and the named pipes run ``python -m fer_ray.search`` (``..._in_a_real_process``). Then the
 experiment folder's claim: concurrent runs of one name, and cleanup after a failed search.
 """
 
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.cli import assert_refused, fifo, npz_declaring, run, snapshot
+from support.cli import assert_refused, fifo, npz_declaring, run, run_in_process, snapshot
 
 from fer_ray.errors import ConfigError
 from fer_ray.search.preflight import experiment_folder
@@ -45,7 +48,8 @@ def _labels_npz(t: Path) -> None:
 
 GPU = torch.cuda.is_available()
 # (case, setup(t), args (with {t}), expected in the error line)
-CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
+Case = tuple[str, Callable[[Path], None], list[str], str]
+CASES: list[Case] = [
     ("--name ../../x", _nothing, ["--name", "../../x"], "--name '../../x': not a plain name"),
     ("--name absolute", _nothing, ["--name", "{t}/abs"], "not a plain name"),
     ("--name hidden", _nothing, ["--name", ".hidden"], "not a plain name"),
@@ -112,18 +116,42 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "setup", "args", "expected"), CASES,
-                         ids=[c[0] for c in CASES])
+# Refused after fer_ray.search.run (and so Ray) is imported, and named pipes (a reader that
+# opened one would block: a real process has a timeout).
+REAL = {"--resume without --name", "--resume of nothing", "fresh run into an experiment",
+        "--cpus-per-trial 999", "--gpus-per-trial 1 without a GPU", "--address of nothing",
+        "--storage under a file", "--space missing", "--space a named pipe",
+        "--data a named pipe", "--data of 81-megapixel images", "--data label 9",
+        "--test missing"}
+IN_PROCESS: list[Case] = [c for c in CASES if c[0] not in REAL]
+IN_A_REAL_PROCESS: list[Case] = [c for c in CASES if c[0] in REAL]
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), IN_PROCESS,
+                         ids=[c[0] for c in IN_PROCESS])
 def test_refused_before_ray_or_any_write(case: str, setup: Callable[[Path], None],
                                          args: list[str], expected: str,
                                          tmp_path: Path) -> None:
-    t = tmp_path
+    _refused(case, setup, args, expected, tmp_path, real_process=False)
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), IN_A_REAL_PROCESS,
+                         ids=[c[0] for c in IN_A_REAL_PROCESS])
+def test_refused_before_ray_or_any_write_in_a_real_process(
+        case: str, setup: Callable[[Path], None], args: list[str], expected: str,
+        tmp_path: Path) -> None:
+    _refused(case, setup, args, expected, tmp_path, real_process=True)
+
+
+def _refused(case: str, setup: Callable[[Path], None], args: list[str], expected: str, t: Path,
+             real_process: bool) -> None:
     setup(t)
     args = [a.format(t=t) for a in args]
     if "--storage" not in args:
         args += ["--storage", str(t / "runs")]
     before = snapshot(t)
-    proc = run("search", "--space", "smoke", "--synthetic-size", "300", *args, cwd=t)
+    runner = run if real_process else run_in_process
+    proc = runner("search", "--space", "smoke", "--synthetic-size", "300", *args, cwd=t)
     assert_refused(proc, expected.format(t=t))
     assert "Ray" not in proc.stdout, proc.stdout  # the run never got as far as Ray
     assert snapshot(t) == before, case

@@ -1,7 +1,9 @@
 """``python -m fer_ray.train`` and ``python -m fer_ray.ablate`` given bad or odd input
-(issue 11): every case a real subprocess that exits 2 with one ``error:`` line and no
-traceback, refused before data is loaded or trained on, and with every file unchanged (an
-untrained model is never saved, an output folder holding other files never replaced).
+(issue 11): every case exits 2 with one ``error:`` line and no traceback, refused before data
+is loaded or trained on, and with every file unchanged (an untrained model is never saved, an
+output folder holding other files never replaced). The cases call ``main(argv)`` in this
+process (``run_in_process``); named pipes, a character device, permissions and the ``python
+-m`` entry point run in a real process (``..._in_a_real_process``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def _truncated(t: Path) -> None:
 
 HUGE = {"model": {"dense_units": [10**9]}}
 # (case, setup(t), args (with {t}), expected in the error line)
-TRAIN: list[tuple[str, Callable[[Path], None], list[str], str]] = [
+Case = tuple[str, Callable[[Path], None], list[str], str]
+TRAIN: list[Case] = [
     ("--batch-size 0", _nothing, ["--batch-size", "0"],
      "optim.batch_size (--batch-size): 0 is outside [1, 1048576]"),
     ("--epochs -1", _nothing, ["--epochs", "-1"], "epochs (--epochs): -1 is outside [1,"),
@@ -117,18 +120,45 @@ TRAIN: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "setup", "args", "expected"), TRAIN,
-                         ids=[c[0] for c in TRAIN])
+# Named pipes and /dev/zero (a reader that opened one would block or never end: a real process
+# has a timeout), and the ``python -m`` entry point with argparse's refusal.
+TRAIN_REAL = {"--config a named pipe", "--data a named pipe", "--data /dev/zero",
+              "--precision fp8"}
+
+
+def _split(cases: list[Case], real: set[str]) -> tuple[list[Case], list[Case]]:
+    return [c for c in cases if c[0] not in real], [c for c in cases if c[0] in real]
+
+
+TRAIN_IN_PROCESS, TRAIN_IN_A_REAL_PROCESS = _split(TRAIN, TRAIN_REAL)
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), TRAIN_IN_PROCESS,
+                         ids=[c[0] for c in TRAIN_IN_PROCESS])
 def test_train_refuses_before_training(case: str, setup: Callable[[Path], None],
                                        args: list[str], expected: str,
                                        tmp_path: Path) -> None:
+    _train_refuses(setup, args, expected, tmp_path, real_process=False)
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), TRAIN_IN_A_REAL_PROCESS,
+                         ids=[c[0] for c in TRAIN_IN_A_REAL_PROCESS])
+def test_train_refuses_before_training_in_a_real_process(
+        case: str, setup: Callable[[Path], None], args: list[str], expected: str,
+        tmp_path: Path) -> None:
+    _train_refuses(setup, args, expected, tmp_path, real_process=True)
+
+
+def _train_refuses(setup: Callable[[Path], None], args: list[str], expected: str, t: Path,
+                   real_process: bool) -> None:
     proc = refused_with_files_untouched(
-        "train", tmp_path, setup, args, expected, ("--out", str(tmp_path / "run")),
-        ["--preset", "tiny", "--synthetic-size", "300", "--epochs", "1"], cwd=tmp_path)
+        "train", t, setup, args, expected, ("--out", str(t / "run")),
+        ["--preset", "tiny", "--synthetic-size", "300", "--epochs", "1"], cwd=t,
+        real_process=real_process)
     assert "train_loss" not in proc.stdout, proc.stdout  # nothing was trained
 
 
-ABLATE: list[tuple[str, Callable[[Path], None], list[str], str]] = [
+ABLATE: list[Case] = [
     ("--seeds 0", _nothing, ["--seeds", "0"], "--seeds: 0 must be at least 1"),
     ("--epochs -1", _nothing, ["--epochs", "-1"], "--epochs: -1 must be at least 1"),
     ("--patience 0", _nothing, ["--patience", "0"], "--patience: 0 must be at least 1"),
@@ -147,14 +177,33 @@ ABLATE: list[tuple[str, Callable[[Path], None], list[str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "setup", "args", "expected"), ABLATE,
-                         ids=[c[0] for c in ABLATE])
+# The ``python -m`` entry point: a ConfigError and argparse's refusal.
+ABLATE_IN_PROCESS, ABLATE_IN_A_REAL_PROCESS = _split(ABLATE, {"--seeds 0",
+                                                              "--preset and --config"})
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), ABLATE_IN_PROCESS,
+                         ids=[c[0] for c in ABLATE_IN_PROCESS])
 def test_ablate_refuses_before_training(case: str, setup: Callable[[Path], None],
                                         args: list[str], expected: str,
                                         tmp_path: Path) -> None:
+    _ablate_refuses(setup, args, expected, tmp_path, real_process=False)
+
+
+@pytest.mark.parametrize(("case", "setup", "args", "expected"), ABLATE_IN_A_REAL_PROCESS,
+                         ids=[c[0] for c in ABLATE_IN_A_REAL_PROCESS])
+def test_ablate_refuses_before_training_in_a_real_process(
+        case: str, setup: Callable[[Path], None], args: list[str], expected: str,
+        tmp_path: Path) -> None:
+    _ablate_refuses(setup, args, expected, tmp_path, real_process=True)
+
+
+def _ablate_refuses(setup: Callable[[Path], None], args: list[str], expected: str, t: Path,
+                    real_process: bool) -> None:
     refused_with_files_untouched(
-        "ablate", tmp_path, setup, args, expected, ("--out", str(tmp_path / "abl")),
-        ["--synthetic-size", "300", "--epochs", "1", "--seeds", "1"], cwd=tmp_path)
+        "ablate", t, setup, args, expected, ("--out", str(t / "abl")),
+        ["--synthetic-size", "300", "--epochs", "1", "--seeds", "1"], cwd=t,
+        real_process=real_process)
 
 
 @pytest.mark.parametrize("what", ["--data", "--config", "--out"])
