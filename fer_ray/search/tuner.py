@@ -27,6 +27,11 @@ from fer_ray.space import SearchSpace
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# A reused actor (reuse_actors=True) waits this long for the previous trial's thread to end
+# (it frees that trial's model and device-resident data); Ray's 2 s was too short on a busy
+# 2-core machine, and the next trial then failed ("Trainable runner reuse requires
+# reset_config() ..."). Workers of a local cluster inherit it from the driver.
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
 
 import optuna
 import ray
