@@ -125,7 +125,8 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
     there is one), and their validation probabilities without TTA (stored) and with flip TTA.
 
     deadline: epoch seconds by which the ensemble must be built: candidates stop being
-    added when one more would leave too little time to score ``test_members`` models on
+    added when one more would leave too little time to score ``test_members`` models (or as
+    many as there are candidates, if fewer) on
     the test splits (at least the best candidate is always loaded).
     """
     record = read_search_json(experiment)
@@ -144,9 +145,12 @@ def load_candidates(experiment: str, max_candidates: int = 20, extra_test: str |
     first_rung: list[bool] = []
     chosen_rows: list[pd.Series] = []
     per_view = per_member_test = 0.0
-    for ckpt in _checkpoint_list(rows, settings.metric, settings.mode)[:max_candidates]:
+    listed = _checkpoint_list(rows, settings.metric, settings.mode)[:max_candidates]
+    # The test splits score at most the members there can be: with two trials (2 cores), two.
+    scored = min(test_members, len(listed))
+    for ckpt in listed:
         if deadline is not None and members and \
-                time.time() + per_member_test * (test_members + 1) >= deadline:
+                time.time() + per_member_test * (scored + 1) >= deadline:
             break
         started = time.time()
         ckpt["path"] = checkpoint_location(experiment, ckpt["trial_id"], str(ckpt["path"]))
