@@ -52,6 +52,20 @@ def run_main(body: Callable[[], int]) -> int:
         return 1
 
 
+def add_vote_flags(parser: argparse.ArgumentParser, labels: str | None = None) -> None:
+    """``--labels``, ``--votes`` and ``--vote-alpha``: the FER+ options that ``train`` and
+    ``search`` share (``labels``: the default of ``--labels``; None leaves it to the config)."""
+    parser.add_argument("--labels", choices=["fer2013", "ferplus"], default=labels,
+                        help="what the models learn: FER2013's 7 classes (default), or FER+'s "
+                             "8 emotions (the crowd's majority; needs FER+ votes)")
+    parser.add_argument("--votes", metavar="FOLDER",
+                        help="FER+ votes: <name>_votes.npz per <name>.npz of --data / --test "
+                             "(default: the folder 'ferplus' beside the data's folder)")
+    parser.add_argument("--vote-alpha", type=float, metavar="A",
+                        help="training targets A * one_hot(label) + (1 - A) * vote shares "
+                             "(default 1 for fer2013, 0 for ferplus)")
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and the packages a result depends on, for run records."""
     out = {"python": platform.python_version()}

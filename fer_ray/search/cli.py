@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from fer_ray._cli import ArgumentParser, run_main
+from fer_ray._cli import ArgumentParser, add_vote_flags, run_main
 from fer_ray.experiment import SearchSettings
 
 DEFAULTS = SearchSettings()
@@ -49,15 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsample", type=int, help="use this many training images (stratified)")
     p.add_argument("--synthetic-size", type=int, default=d.synthetic_size,
                    help="built-in data: images to generate")
-    p.add_argument("--labels", choices=["fer2013", "ferplus"], default=d.labels,
-                   help="what the models learn: FER2013's 7 classes, or FER+'s 8 emotions "
-                        "(the crowd's majority; needs FER+ votes)")
-    p.add_argument("--votes", metavar="FOLDER",
-                   help="FER+ votes: <name>_votes.npz per <name>.npz of --data / --test "
-                        "(default: the folder 'ferplus' beside the data's folder)")
-    p.add_argument("--vote-alpha", type=float, metavar="A",
-                   help="training targets A * one_hot(label) + (1 - A) * vote shares "
-                        "(default 1 for fer2013, 0 for ferplus)")
+    add_vote_flags(p, d.labels)
     p.add_argument("--max-failures", type=int, default=d.max_failures,
                    help="retries of a crashed trial (from its last checkpoint)")
     p.add_argument("--progress-every", type=float, default=d.progress_every, metavar="SECONDS",

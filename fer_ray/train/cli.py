@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fer_ray import storage
-from fer_ray._cli import ArgumentParser, run_main, versions
+from fer_ray._cli import ArgumentParser, add_vote_flags, run_main, versions
 from fer_ray.config import TrainConfig, check_config
 from fer_ray.data import (
     add_test_split,
@@ -47,15 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--subsample", type=int, help="use this many training images (stratified)")
     p.add_argument("--synthetic-size", type=int, help="built-in data: images to generate")
-    p.add_argument("--labels", choices=["fer2013", "ferplus"],
-                   help="what the model learns: FER2013's 7 classes (default), or FER+'s 8 "
-                        "emotions (the crowd's majority; needs FER+ votes)")
-    p.add_argument("--votes", metavar="FOLDER",
-                   help="FER+ votes: <name>_votes.npz per <name>.npz of --data / --test "
-                        "(default: the folder 'ferplus' beside the data's folder)")
-    p.add_argument("--vote-alpha", type=float, metavar="A",
-                   help="training targets A * one_hot(label) + (1 - A) * vote shares "
-                        "(default 1 for fer2013, 0 for ferplus)")
+    add_vote_flags(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
