@@ -315,3 +315,33 @@ def test_the_tta_flag_takes_a_mode(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert err.startswith("error: argument --tta: invalid choice: 'mirror'") and \
         err.count("\n") == 1
+
+
+class _TickingClock:
+    """A stand-in for the ``time`` module: every ``time()`` call is one second later."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        self.now += 1.0
+        return self.now - 1.0
+
+
+def test_the_test_scoring_reserve_counts_only_the_candidates_there_are(
+        smoke_experiment: Experiment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a candidate takes 1 s on the clock; scoring one on a test split as large as
+    validation, 1 s too. With 3 candidates and the deadline 8 s away, the second fits (the
+    test splits then score at most 3 members: 2 + 1 * 4 = 6 < 8); a reserve for 8 members
+    (2 + 1 * 9) left a 10-minute search's second member out."""
+    import fer_ray.ensemble.candidates as candidates_module
+
+    record = json.loads((smoke_experiment[0] / "search.json").read_text())
+    val = load_search_data(SearchSettings(**record["settings"])).val
+    assert val.labels is not None
+    test_file = tmp_path / "test.npz"
+    np.savez(test_file, images=np.asarray(val.images), labels=np.asarray(val.labels))
+    monkeypatch.setattr(candidates_module, "time", _TickingClock())
+    cands = candidates_module.load_candidates(str(smoke_experiment[0]), max_candidates=3,
+                                              extra_test=str(test_file), deadline=8.0)
+    assert len(cands.members) == 2
