@@ -34,7 +34,7 @@ from fer_ray.errors import ConfigError
 from fer_ray.experiment import TrialStatus, split_trial_number, trial_seed
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, WEIGHTS, load_weights, read_config, save_model
 from fer_ray.space import SearchSpace, check_architecture
-from fer_ray.train.budget import DeadlinePlanner, evaluate_from, should_evaluate
+from fer_ray.train.budget import DeadlinePlanner, evaluate_from
 from fer_ray.train.loop import Trainer
 
 TRAINER_STATE = "trainer_state.pt"
@@ -191,8 +191,7 @@ def _train_trial(trainer: Trainer, params: dict[str, Any], setup: TrialSetup,
     share = evaluate_from(trainer.config, deadline is not None,
                           setup.early_stopping or trainer.config.patience > 0)
     while not trainer.done:
-        end = min(trainer.step + trainer.steps_per_epoch, trainer.total_steps)
-        evaluated = should_evaluate(trainer.epoch + 1, end, trainer.total_steps, share)
+        evaluated = trainer.evaluates_next_epoch(share)
         metrics: dict[str, Any] = dict(trainer.run_epoch(evaluate=evaluated))
         if not math.isfinite(metrics["train_loss"]):
             # A NaN/inf loss never recovers: stop now, without a checkpoint of broken weights.

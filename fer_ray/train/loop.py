@@ -259,6 +259,12 @@ class Trainer:
         metrics["epoch"] = float(self.epoch)
         return metrics
 
+    def evaluates_next_epoch(self, share: float) -> bool:
+        """Whether the next epoch is evaluated, with every epoch evaluated from ``share`` of
+        the planned steps on (``fer_ray.train.budget.should_evaluate``)."""
+        end = min(self.step + self.steps_per_epoch, self.total_steps)
+        return should_evaluate(self.epoch + 1, end, self.total_steps, share)
+
     @property
     def done(self) -> bool:
         """Whether the planned steps are all trained."""
@@ -337,8 +343,7 @@ def fit(config: TrainConfig, data: FerData, device: torch.device | str | None = 
     planner = DeadlinePlanner(trainer, deadline) if deadline is not None else None
     share = evaluate_from(config, deadline is not None, config.patience > 0)
     while not trainer.done:
-        end = min(trainer.step + trainer.steps_per_epoch, trainer.total_steps)
-        evaluated = should_evaluate(trainer.epoch + 1, end, trainer.total_steps, share)
+        evaluated = trainer.evaluates_next_epoch(share)
         metrics = trainer.run_epoch(evaluate=evaluated)
         if planner is not None:
             planner.after_epoch(metrics, evaluated)
