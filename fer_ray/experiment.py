@@ -89,7 +89,7 @@ class SearchSettings:
     seed: int = 0
     val_fraction: float = 0.1
     subsample: int | None = None
-    synthetic_size: int = 6000
+    synthetic_size: int = 2000  # built-in faces (+ a fifth as many held out for the test)
     labels: str = "fer2013"  # data.labels: fer2013 or ferplus
     votes: str | None = None  # data.votes: the FER+ votes folder
     vote_alpha: float | None = None  # data.vote_alpha (a space may draw it per trial)
@@ -118,13 +118,17 @@ class SearchSettings:
         """ASHA's grace period in epochs (searches without a time budget)."""
         return self.grace_period or max(1, round(self.epochs_cap() / 4))
 
-    def generations(self) -> int:
-        """With a budget: how many trials follow each other in one slot, each taking that
-        share of the search's time (unless stopped early or done sooner): 1 below 90
-        minutes, 2 from 90, 3 from 150, 4 from 210. A share under about 40 minutes leaves
-        even the known-good recipes under-trained on CPUs (measured at 45 minutes on 2
-        cores: BENCHMARKS.md, "Quality"); on GPUs trials end at --max-epochs sooner and
-        the next ones start, so the share is only an upper bound there."""
+    def generations(self, slots: int = 1) -> int:
+        """With a budget: how many trials follow each other in one of ``slots`` slots, each
+        taking that share of the search's time (unless stopped early or done sooner).
+
+        With --num-samples, as many as that count needs: ceil(num_samples / slots).
+        Otherwise 1 below 90 minutes, 2 from 90, 3 from 150, 4 from 210. A share under
+        about 40 minutes leaves even the known-good recipes under-trained on CPUs (measured
+        at 45 minutes on 2 cores: BENCHMARKS.md, "Quality"); on GPUs trials end at
+        --max-epochs sooner and the next ones start, so the share is only an upper bound."""
+        if self.num_samples is not None:
+            return max(math.ceil(self.num_samples / max(slots, 1)), 1)
         minutes = self.time_budget or 0.0
         return min(max(int(minutes / 60 + 0.5), 1), 4)
 

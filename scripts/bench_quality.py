@@ -29,7 +29,7 @@ PublicTest's 3,589), and wall time; then ensemble minus each other row with a pa
 bootstrap 95 % interval: the test faces are resampled with replacement, the same resample
 for both sides and every seed, and the per-seed differences averaged
 (``fer_ray.report.stats.paired_bootstrap``). Runs of different test sets are refused.
-Every choice in both runs is made on validation. ``--quick``: one minute per side on 1,500
+Every choice in both runs is made on validation. ``--quick``: half a minute per side on 1,500
 synthetic faces written to ``--out/quick-data/`` (a test set of 424, 24 of them copies of
 training faces), for the tests.
 """
@@ -199,6 +199,10 @@ def run_seed(args: argparse.Namespace, seed: int, folder: Path, test: Split,
     return save_run(folder, np.asarray(test.labels), probs, copy, summary)
 
 
+# --quick: minutes per side, as short as a smoke-space search with an ensemble still fits.
+QUICK_BUDGET = 0.5
+
+
 def write_quick_data(folder: Path) -> tuple[str, str]:
     """1,500 synthetic training faces and a test set of 400 new ones + 24 copies of training
     faces, as npz files in ``folder``: (train path, test path)."""
@@ -244,7 +248,7 @@ def bench(args: argparse.Namespace) -> int:
         raise ConfigError("--skip-baseline reuses one baseline run: give one --seed")
     out = Path(args.out or f"runs/bench-quality-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.quick:
-        args.budget = 1.0
+        args.budget = QUICK_BUDGET
         args.search_args = [*args.search_args, "--space", "smoke"]
         check_output_dir(out / "quick-data", "--out", QUICK_FILES, [])
         args.data, args.test = write_quick_data(out / "quick-data")
@@ -287,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-baseline", metavar="RUN",
                    help="reuse a finished baseline run (its folder or config.json) for one seed")
     p.add_argument("--quick", action="store_true",
-                   help="one minute each on 1,500 synthetic faces (for the tests)")
+                   help="half a minute each on 1,500 synthetic faces (for the tests)")
     p.add_argument("search_args", nargs="*", help="extra flags for fer_ray.search (after --)")
     return p
 

@@ -100,7 +100,7 @@ def test_forward_flops_matches_seed_hw3() -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_bench_quality_quick(tmp_path: Path) -> None:
-    """Baseline and search, one minute each on synthetic faces, one seed: the per-face
+    """Baseline and search, half a minute each on synthetic faces, one seed: the per-face
     predictions saved (and the same accuracies as the runs recorded), then combined again."""
     out_dir = tmp_path / "bench"
     out = run_script("bench_quality.py", "--quick", "--out", str(out_dir), "--storage",

@@ -93,6 +93,11 @@ def prepare(raw: RawDataset, config: DataConfig, seed: int) -> FerData:
                    class_names(config.labels), dict(raw.left_out))
 
 
+# The built-in faces' test split: a fifth as many faces as --synthetic-size, from seed + this.
+BUILT_IN_TEST_SHARE = 5
+BUILT_IN_TEST_SEED = 1_000_003
+
+
 def load_data(config: DataConfig, seed: int) -> FerData:
     """Load ``config.path`` (any supported format) or generate the built-in synthetic faces,
     with FER+ votes where ``config`` asks for them (``fer_ray.data.votes``)."""
@@ -105,7 +110,11 @@ def load_data(config: DataConfig, seed: int) -> FerData:
                               "synthetic faces have no votes")
         from fer_ray.data.synthetic import make_synthetic
 
-        raw = RawDataset(train=make_synthetic(config.synthetic_size, seed=seed),
+        n = config.synthetic_size
+        # A held-out test split from another seed: the built-in faces get a test figure like
+        # FER2013's PublicTest, never used for a choice (other faces, same distribution).
+        held_out = make_synthetic(max(n // BUILT_IN_TEST_SHARE, 1), seed=seed + BUILT_IN_TEST_SEED)
+        raw = RawDataset(train=make_synthetic(n, seed=seed), tests={"test": held_out},
                          source="built-in synthetic faces")
     else:
         from fer_ray.data.loaders import read_source

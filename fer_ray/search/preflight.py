@@ -50,15 +50,15 @@ def check_storage(path: str, resume: bool) -> None:
         raise _already_there(path)
 
 
-def check_resources(settings: SearchSettings) -> None:
-    """Refuse (ConfigError) resources no trial can get, before anything is written.
+def check_resources(settings: SearchSettings) -> int:
+    """Refuse (ConfigError) resources no trial can get, before anything is written; else
+    return how many trials run at once.
 
     A local run is checked against this machine without starting Ray; with --address (or a
     Ray this process already runs), the cluster is joined and its resources are read.
     """
     if settings.address is None and not ray.is_initialized():
-        trials_that_fit(settings, *local_resources(), "this machine")
-        return
+        return trials_that_fit(settings, *local_resources(), "this machine")
     if settings.address:
         check_reachable(settings.address)
     try:
@@ -66,7 +66,7 @@ def check_resources(settings: SearchSettings) -> None:
     except Exception as exc:  # Ray raises ConnectionError, ValueError, RuntimeError, ...
         raise ConfigError(f"--address {settings.address}: cannot join the Ray cluster "
                           f"({reason(exc)})") from None
-    _max_concurrent(settings)
+    return _max_concurrent(settings)
 
 
 def _claim(path: str, record: dict[str, Any]) -> list[Path]:

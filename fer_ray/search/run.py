@@ -67,8 +67,12 @@ def post_search_reserve(budget_seconds: float) -> float:
     return min(max(0.06 * budget_seconds, min(45.0, 0.25 * budget_seconds)), 180.0)
 
 
-def run_timing(settings: SearchSettings, record: dict[str, Any], started: float) -> Timing:
-    """The run's deadlines: new from ``started`` and the budget, or a resumed run's own."""
+def run_timing(settings: SearchSettings, record: dict[str, Any], started: float,
+               slots: int = 1) -> Timing:
+    """The run's deadlines: new from ``started`` and the budget, or a resumed run's own.
+
+    slots: trials at once; with --num-samples each trial's share is the search's time over
+    the trials that follow each other in a slot (``SearchSettings.generations``)."""
     if "timing" in record:
         saved = record["timing"]
         return Timing(saved["started"], saved.get("deadline"), saved.get("stop_at"),
@@ -77,7 +81,7 @@ def run_timing(settings: SearchSettings, record: dict[str, Any], started: float)
         return Timing(started)
     deadline = started + 60 * settings.time_budget
     stop_at = deadline - post_search_reserve(60 * settings.time_budget)
-    return Timing(started, deadline, stop_at, (stop_at - started) / settings.generations())
+    return Timing(started, deadline, stop_at, (stop_at - started) / settings.generations(slots))
 
 
 def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
@@ -103,11 +107,10 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
     path = experiment_location(settings)
     check_storage(path, resume)  # writes nothing: the folder is claimed after every check
     record: dict[str, Any] = read_search_json(path) if resume else {}
-    timing = run_timing(settings, record, started)
     # An unusable --warm-start or --device fails here, before anything is written or Ray starts.
     warm = None if resume else warm_start(settings, space, base_config(settings))
     resolve_device(settings.device)
-    check_resources(settings)
+    timing = run_timing(settings, record, started, slots=check_resources(settings))
 
     limit = settings.trial_limit()
     trials = "trials until the deadline" if limit < 0 else f"{limit} trials"

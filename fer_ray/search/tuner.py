@@ -296,7 +296,8 @@ MIN_ASHA_POPULATION = 8
 def uses_asha(settings: SearchSettings, timing: Timing, slots: int) -> bool:
     """Whether the search stops trials early: always, except a budgeted search that runs
     fewer than MIN_ASHA_POPULATION trials in all (``scheduler`` says why)."""
-    return not (timing.trial_seconds and slots * settings.generations() < MIN_ASHA_POPULATION)
+    return not (timing.trial_seconds
+                and slots * settings.generations(slots) < MIN_ASHA_POPULATION)
 
 
 def scheduler(settings: SearchSettings, timing: Timing, slots: int) -> TrialScheduler:
