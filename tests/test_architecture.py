@@ -1,10 +1,11 @@
 """The house's shape: imports follow the data flow with no cycles, what reads a finished
-experiment never loads Ray or the search package, and a wheel install finds the named
-search spaces (they ship inside the package)."""
+experiment never loads Ray or the search package, and the named search spaces live in the
+top-level search_spaces/ (one copy) while a wheel install finds them (package data)."""
 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import zipfile
@@ -134,25 +135,58 @@ def test_readers_of_a_finished_experiment_load_neither_ray_nor_search_nor_traini
     assert _loaded_after("fer_ray.serve.cli", ("ray", "torch", "fer_ray.search")) == []
 
 
+def test_the_named_spaces_live_in_search_spaces_and_nowhere_else() -> None:
+    from fer_ray.space import SPACES_DIR, list_spaces
+
+    repo = PACKAGE.parent
+    assert SPACES_DIR.relative_to(repo).parts == ("search_spaces",)
+    assert (SPACES_DIR / "small.yaml").is_file()
+    named = {f"{name}.yaml" for name in list_spaces()}
+    assert {"paper.yaml", "small.yaml", "smoke.yaml"} <= named
+    copies = []
+    for root, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("build", "runs")]
+        copies += [Path(root, f) for f in files if f in named]
+    assert sorted(copies) == sorted(SPACES_DIR / name for name in named)
+
+
+def test_pyproject_lists_every_package_and_maps_the_spaces() -> None:
+    """The package list is written out (the spaces come from outside fer_ray/), so a new
+    package missing from it would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"][
+        "setuptools"]
+    packages = {".".join(p.parent.relative_to(PACKAGE.parent).parts)
+                for p in PACKAGE.rglob("__init__.py")}
+    assert set(setuptools["packages"]) == packages | {"fer_ray.space.spaces"}
+    assert setuptools["package-dir"] == {"fer_ray.space.spaces": "search_spaces"}
+    assert setuptools["package-data"]["fer_ray.space.spaces"] == ["*.yaml"]
+
+
 @pytest.mark.slow
 def test_a_wheel_install_finds_the_named_search_spaces(tmp_path: Path) -> None:
-    """``pip wheel`` + install into a bare folder: ``--space small`` resolves from there."""
+    """``pip wheel`` + install into a bare folder: ``--space small`` resolves from there,
+    from the package data the wheel built from search_spaces/."""
     repo = PACKAGE.parent
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path / "dist"), str(repo)], check=True, timeout=600,
                    capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("fer_ray-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert "fer_ray/space/spaces/small.yaml" in archive.namelist()
+        spaces = sorted(n for n in archive.namelist() if n.endswith(".yaml"))
+    assert spaces == [f"fer_ray/space/spaces/{n}.yaml" for n in ("paper", "small", "smoke")]
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(wheel)], check=True, timeout=600, capture_output=True)
     code = ("import fer_ray, fer_ray.space as s\n"
-            "print(fer_ray.__file__)\n"
+            "print(fer_ray.__file__, s.SPACES_DIR)\n"
             "print(s.load_space('small').name, s.load_space('paper').name)\n")
     proc = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
                            f"{str(site)!r})\n{code}"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     where, names = proc.stdout.strip().splitlines()
-    assert where.startswith(str(site)) and names == "small paper"
+    package, spaces = where.split()
+    assert package.startswith(str(site))
+    assert spaces == str((site / "fer_ray" / "space" / "spaces").resolve())
+    assert names == "small paper"

@@ -29,8 +29,17 @@ from fer_ray.space._params import (
     _multiple,
 )
 
-# Shipped inside the package (package data), so a wheel install finds the named spaces.
-SPACES_DIR = Path(__file__).resolve().parent / "spaces"
+
+def _spaces_dir() -> Path:
+    """The named spaces: the checkout's top-level ``search_spaces/`` (what users open, copy
+    and edit), which a wheel carries as package data in ``fer_ray/space/spaces/``
+    (pyproject's package-dir maps one onto the other, so the repository holds one copy)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "spaces"
+    return packaged if packaged.is_dir() else here.parent.parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 TOP_LEVEL = ("description", "base", "params", "points")
 # Mirrors fer_ray.models.vgg_fer.MIN_BLOCKS/MAX_BLOCKS (a test checks): importing that module
 # imports torch, and loading a space must stay cheap.
