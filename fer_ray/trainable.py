@@ -31,7 +31,7 @@ from ray import tune
 from fer_ray.config import TrainConfig
 from fer_ray.data import Split
 from fer_ray.errors import ConfigError
-from fer_ray.experiment import TrialStatus, split_trial_number, trial_seed
+from fer_ray.experiment import EPOCH_OK, TrialStatus, split_trial_number, trial_seed
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, WEIGHTS, load_weights, read_config, save_model
 from fer_ray.space import SearchSpace, check_architecture
 from fer_ray.train.budget import DeadlinePlanner, evaluate_from
@@ -92,13 +92,14 @@ def _node_id() -> str:
         return ""
 
 
-def _report_terminal(status: str, epoch: int, extra: dict[str, Any] | None = None) -> None:
+def _report_terminal(status: TrialStatus, epoch: int, extra: dict[str, Any] | None = None) -> None:
     """A final result for a trial that cannot train (invalid config) or must stop (diverged).
 
     val_acc 0 tells TPE the region is bad; the flag tells results/ensemble to skip the trial.
     """
     metrics: dict[str, Any] = {"val_acc": 0.0, "val_loss": math.inf, "val_macro_f1": 0.0,
-                               "epoch": epoch, "status_flag": status, "node_id": _node_id()}
+                               "epoch": epoch, "status_flag": status.value,
+                               "node_id": _node_id()}
     tune.report({**metrics, **(extra or {})})
 
 
@@ -202,14 +203,14 @@ def _train_trial(trainer: Trainer, params: dict[str, Any], setup: TrialSetup,
             planner.after_epoch(metrics, evaluated)
         if not evaluated:
             continue  # nothing to report: Tune's metric is the validation accuracy
-        metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag="ok",
+        metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag=EPOCH_OK,
                        train_end=time.time() - metrics["eval_seconds"],
                        device=str(trainer.device.type),
                        cuda_initialized=torch.cuda.is_initialized(),
                        planned_epochs=trainer.config.epochs, seed=trainer.config.seed)
         _report_epoch(trainer, params, metrics)
         if trainer.epoch == setup.fail_at_epoch:
-            if setup.fail_mode == "oom":
+            if setup.fail_mode == TrialStatus.OOM:
                 raise torch.cuda.OutOfMemoryError("injected: tried to allocate 80.00 GiB")
             if resumed_from == 0 or setup.fail_mode == "always":
                 raise RuntimeError(f"injected failure after epoch {trainer.epoch}")

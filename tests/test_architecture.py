@@ -114,6 +114,63 @@ def test_serve_reads_a_finished_ensemble_without_search_or_training_code() -> No
     assert reached == set()
 
 
+STATUS_KEYS = ("status", "status_flag")
+
+
+def _outcome_literals(tree: ast.AST, words: set[str], anywhere: set[str]) -> list[ast.AST]:
+    """String constants in ``words`` used as outcomes: compared (``==``, ``!=``, ``in (...)``),
+    given as a status or status_flag (dict value, keyword, ``.get("status_flag", default)``),
+    or, for the ``anywhere`` words that name nothing else, written at all."""
+    def literal(node: ast.AST | None) -> str | None:
+        return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+            else None
+
+    found: dict[int, ast.AST] = {}
+    for node in ast.walk(tree):
+        candidates: list[ast.AST] = []
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for op, left, right in zip(node.ops, operands, operands[1:], strict=False):
+                if isinstance(op, (ast.Eq, ast.NotEq)):
+                    candidates += [left, right]
+                elif isinstance(right, (ast.Tuple, ast.List, ast.Set)):
+                    candidates += right.elts
+        elif isinstance(node, ast.Dict):  # {"status": "ok"} is the HTTP health answer
+            candidates += [v for k, v in zip(node.keys, node.values, strict=True)
+                           if literal(k) == "status_flag"
+                           or (literal(k) == "status" and literal(v) != "ok")]
+        elif isinstance(node, ast.keyword) and node.arg in STATUS_KEYS:
+            candidates.append(node.value)
+        elif isinstance(node, ast.Call) and node.args and literal(node.args[0]) in STATUS_KEYS:
+            candidates += node.args[1:]
+        elif literal(node) in anywhere:
+            candidates.append(node)
+        found.update({id(c): c for c in candidates if literal(c) in words})
+    return list(found.values())
+
+
+def test_trial_outcomes_are_spelled_only_where_they_are_defined() -> None:
+    """TrialStatus and the epoch flag EPOCH_OK are written as literals only in
+    fer_ray/experiment.py; elsewhere code names the members (parquet still holds the strings)."""
+    from fer_ray.experiment import EPOCH_OK, TrialStatus
+
+    words = {s.value for s in TrialStatus} | {EPOCH_OK}
+    # "error", "invalid", "oom", "out_of_time" and "ok" also name columns, keys and messages.
+    anywhere = {"completed", "early_stopped", "diverged"}
+    sample = ('ok = h[h.get("status_flag", "ok") == "ok"]\nreport(status_flag="oom")\n'
+              'r = {"status": "invalid", "completed": 1}\nif s in ("out_of_time",): pass\n'
+              'health = {"status": "ok"}\nerror = {"error": "x"}\n')
+    assert len(_outcome_literals(ast.parse(sample), words, anywhere)) == 6
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "experiment.py":
+            continue
+        for node in _outcome_literals(ast.parse(path.read_text()), words, anywhere):
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{getattr(node, 'lineno', 0)}: "
+                         f"{getattr(node, 'value', '')!r}")
+    assert found == []
+
+
 def _loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
     """The modules starting with ``prefixes`` that ``import {imports}`` loads, in a fresh
     interpreter."""

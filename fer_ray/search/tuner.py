@@ -40,6 +40,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from fer_ray.experiment import (
+    EPOCH_OK,
     TRIAL_PREFIX,
     SearchSettings,
     base_config,
@@ -84,7 +85,7 @@ class BudgetedLimiter(ConcurrencyLimiter):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         seconds = float(result.get("time_this_iter_s") or 0.0)
-        if result.get("status_flag") == "ok" and seconds > 0:
+        if result.get("status_flag") == EPOCH_OK and seconds > 0:
             self.fastest_epoch = min(self.fastest_epoch or seconds, seconds)
         super().on_trial_result(trial_id, result)
 
@@ -135,7 +136,7 @@ class SearchPrinter(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
-        if result.get("status_flag") == "ok" and self.metric in result:
+        if result.get("status_flag") == EPOCH_OK and self.metric in result:
             value = float(result[self.metric])
             old = self.best.get(trial.trial_id)
             if old is None or self.sign * value > self.sign * old[0]:
@@ -167,9 +168,9 @@ class SearchPrinter(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
         result = trial.last_result or {}
-        flag = result.get("status_flag", "ok")
+        flag = result.get("status_flag", EPOCH_OK)
         epochs = int(result.get("epoch", 0))
-        if flag != "ok":
+        if flag != EPOCH_OK:
             self._line(trial, f"{flag} ({result.get('error', 'loss is not finite')})"[:200])
             return
         planned = int(result.get("planned_epochs", self.max_epochs))
