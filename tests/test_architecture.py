@@ -171,6 +171,21 @@ def test_trial_outcomes_are_spelled_only_where_they_are_defined() -> None:
     assert found == []
 
 
+def test_fault_injection_is_a_test_hook_not_a_parameter() -> None:
+    """Tests arm faults through fer_ray.trainable.FAULT_ENV, read in one place; no production
+    signature or type carries them."""
+    hook = {"fault", "fail_at_epoch", "fail_mode"}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.arg for node in ast.walk(tree) if isinstance(node, ast.arguments)
+                 for a in [*node.posonlyargs, *node.args, *node.kwonlyargs]}
+        names |= {node.target.id for node in ast.walk(tree)
+                  if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+        assert not hook & names, f"{path.relative_to(PACKAGE.parent)}: {hook & names}"
+    readers = {p: p.read_text().count("os.environ.get(FAULT_ENV)") for p in PACKAGE.rglob("*.py")}
+    assert {p: n for p, n in readers.items() if n} == {PACKAGE / "trainable.py": 1}
+
+
 def _loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
     """The modules starting with ``prefixes`` that ``import {imports}`` loads, in a fresh
     interpreter."""
