@@ -1,7 +1,7 @@
 """fer-ray: hyperparameter search and ensembles for facial emotion recognition on Ray Tune.
 
 Data flows one way: data -> models -> train -> trainable -> search -> ensemble -> predict/report.
-Only the trainable and search modules import Ray.
+Only search, the trainable and serve (Ray Serve) import Ray.
 """
 
 from fer_ray.errors import ConfigError, DataError, FerRayError

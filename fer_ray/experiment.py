@@ -16,6 +16,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,10 @@ RESULTS_PARQUET = "results.parquet"
 TRIAL_PREFIX = "trial_"  # Ray's trial folders, named so by the search's dirname creator
 
 
-class TrialStatus:
-    """The values of results.parquet's ``status`` column (plain strings on disk)."""
+class TrialStatus(str, Enum):
+    """A trial's outcome: results.parquet's ``status`` column, and the ``status_flag`` of the
+    terminal report of a trial that cannot go on. On disk the plain string (``.value``); a
+    member equals, hashes and prints as its value, so read-back columns compare with it."""
 
     COMPLETED = "completed"  # ran its planned epochs
     EARLY_STOPPED = "early_stopped"  # stopped by ASHA
@@ -50,6 +53,12 @@ class TrialStatus:
     OOM = "oom"  # CUDA out of memory
     ERROR = "error"  # any other exception
 
+    def __str__(self) -> str:  # f-strings and messages show the value, as on disk
+        return self.value
+
+
+# The status_flag of every epoch a trial reports (a terminal report carries a TrialStatus).
+EPOCH_OK = "ok"
 
 # Only these may enter an ensemble or be reported as the best model.
 USABLE = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.OUT_OF_TIME)

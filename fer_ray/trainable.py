@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,13 +32,18 @@ from ray import tune
 from fer_ray.config import TrainConfig
 from fer_ray.data import Split
 from fer_ray.errors import ConfigError
-from fer_ray.experiment import TrialStatus, split_trial_number, trial_seed
+from fer_ray.experiment import EPOCH_OK, TrialStatus, split_trial_number, trial_seed
 from fer_ray.models.io import VAL_LABELS, VAL_PROBS, WEIGHTS, load_weights, read_config, save_model
 from fer_ray.space import SearchSpace, check_architecture
 from fer_ray.train.budget import DeadlinePlanner, evaluate_from
 from fer_ray.train.loop import Trainer
 
 TRAINER_STATE = "trainer_state.pt"
+# Test hook (tests/conftest.py's inject_fault): the path of a file that, while it exists, holds
+# "EPOCH:MODE": every trial raises after EPOCH on its first attempt only ("once"), on every
+# attempt ("always", resumes included), or as CUDA running out of memory ("oom"). A file, not
+# the value itself, so a test can arm the workers of a Ray cluster started before it.
+FAULT_ENV = "FER_RAY_TEST_FAULT"
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,6 @@ class TrialSetup:
     # Whether the scheduler compares trials on the way (ASHA): then every epoch is evaluated
     # and reported; without it a budgeted trial evaluates from half its plan on.
     early_stopping: bool = True
-    # Fault injection for tests: raise after this epoch (0 = off), on the first attempt only
-    # ("once"), on every attempt ("always"), or a CUDA out-of-memory error ("oom").
-    fail_at_epoch: int = 0
-    fail_mode: str = "once"
 
 
 def trial_config(params: dict[str, Any], setup: TrialSetup) -> TrainConfig:
@@ -92,13 +94,14 @@ def _node_id() -> str:
         return ""
 
 
-def _report_terminal(status: str, epoch: int, extra: dict[str, Any] | None = None) -> None:
+def _report_terminal(status: TrialStatus, epoch: int, extra: dict[str, Any] | None = None) -> None:
     """A final result for a trial that cannot train (invalid config) or must stop (diverged).
 
     val_acc 0 tells TPE the region is bad; the flag tells results/ensemble to skip the trial.
     """
     metrics: dict[str, Any] = {"val_acc": 0.0, "val_loss": math.inf, "val_macro_f1": 0.0,
-                               "epoch": epoch, "status_flag": status, "node_id": _node_id()}
+                               "epoch": epoch, "status_flag": status.value,
+                               "node_id": _node_id()}
     tune.report({**metrics, **(extra or {})})
 
 
@@ -175,14 +178,30 @@ def fer_trainable(params: dict[str, Any], data: TrialData, setup: TrialSetup) ->
             torch.cuda.empty_cache()
 
 
+def _inject_fault(epoch: int, resumed_from: int) -> None:
+    """Raise the fault FAULT_ENV asks for, if any, after ``epoch`` was reported (or, with
+    ``epoch == resumed_from``, when a trial resumes)."""
+    path = os.environ.get(FAULT_ENV)
+    if not path or not os.path.isfile(path):
+        return
+    at, _, mode = Path(path).read_text().strip().partition(":")
+    if epoch == resumed_from:
+        if mode == "always" and 0 < int(at) <= resumed_from:
+            raise RuntimeError(f"injected failure on resume at epoch {resumed_from}")
+    elif epoch == int(at):
+        if mode == TrialStatus.OOM:
+            raise torch.cuda.OutOfMemoryError("injected: tried to allocate 80.00 GiB")
+        if resumed_from == 0 or mode == "always":
+            raise RuntimeError(f"injected failure after epoch {epoch}")
+
+
 def _train_trial(trainer: Trainer, params: dict[str, Any], setup: TrialSetup,
                  started: float) -> None:
     """Resume if there is a checkpoint, then train until the plan (or the deadline, or a
     diverging loss) ends the trial, reporting every evaluated epoch with a checkpoint."""
     _resume(trainer)
     resumed_from = trainer.epoch
-    if setup.fail_mode == "always" and 0 < setup.fail_at_epoch <= resumed_from:
-        raise RuntimeError(f"injected failure on resume at epoch {resumed_from}")
+    _inject_fault(resumed_from, resumed_from)
 
     deadline = setup.stop_at
     if setup.trial_seconds is not None:
@@ -202,14 +221,10 @@ def _train_trial(trainer: Trainer, params: dict[str, Any], setup: TrialSetup,
             planner.after_epoch(metrics, evaluated)
         if not evaluated:
             continue  # nothing to report: Tune's metric is the validation accuracy
-        metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag="ok",
+        metrics.update(node_id=_node_id(), resumed_from=resumed_from, status_flag=EPOCH_OK,
                        train_end=time.time() - metrics["eval_seconds"],
                        device=str(trainer.device.type),
                        cuda_initialized=torch.cuda.is_initialized(),
                        planned_epochs=trainer.config.epochs, seed=trainer.config.seed)
         _report_epoch(trainer, params, metrics)
-        if trainer.epoch == setup.fail_at_epoch:
-            if setup.fail_mode == "oom":
-                raise torch.cuda.OutOfMemoryError("injected: tried to allocate 80.00 GiB")
-            if resumed_from == 0 or setup.fail_mode == "always":
-                raise RuntimeError(f"injected failure after epoch {trainer.epoch}")
+        _inject_fault(trainer.epoch, resumed_from)

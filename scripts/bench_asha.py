@@ -35,7 +35,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from fer_ray.data import FerData
-from fer_ray.experiment import SearchSettings, base_config, load_search_data
+from fer_ray.experiment import EPOCH_OK, SearchSettings, base_config, load_search_data
 from fer_ray.search.tuner import build_trainable, init_ray, run_config
 from fer_ray.space import SearchSpace, load_space
 
@@ -107,7 +107,7 @@ def run_fixed(settings: SearchSettings, space: SearchSpace, data: FerData,
         i = index[config_key(result.config or {})]
         df = result.metrics_dataframe
         if result.error is None and df is not None and len(df):
-            ok = df[df["status_flag"] == "ok"]
+            ok = df[df["status_flag"] == EPOCH_OK]
             epochs[i], best[i] = int(df["epoch"].max()), float(ok["val_acc"].max())
     return RunSummary(name, epochs, best, wall)
 

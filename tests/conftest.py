@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +46,31 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture(scope="session")
-def ray_local():  # type: ignore[no-untyped-def]
-    """A real local Ray with 2 CPUs, shared by the tests of a session."""
+def ray_local(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A real local Ray with 2 CPUs, shared by the tests of a session; its workers are
+    started knowing where ``inject_fault`` arms a fault."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
+    from fer_ray.trainable import FAULT_ENV
+
+    os.environ[FAULT_ENV] = str(tmp_path_factory.mktemp("fault") / "fault")
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture()
+def inject_fault(ray_local) -> Iterator[Callable[[str], None]]:  # type: ignore[no-untyped-def]
+    """``inject_fault("1:once")``: every trial of the test fails so (the format is
+    ``fer_ray.trainable.FAULT_ENV``'s); disarmed when the test ends."""
+    from fer_ray.trainable import FAULT_ENV
+
+    armed = Path(os.environ[FAULT_ENV])
+    yield armed.write_text
+    armed.unlink(missing_ok=True)
 
 
 SMOKE_SEARCH = {"space": "smoke", "synthetic_size": 600, "max_epochs": 3, "grace_period": 1,

@@ -59,14 +59,14 @@ def test_checkpoint_probabilities_equal_what_predict_computes(
 
 
 def test_cuda_out_of_memory_ends_the_trial_as_oom_and_the_search_goes_on(
-        ray_local: Any, tmp_path: Path) -> None:
+        inject_fault: Any, tmp_path: Path) -> None:
     """An OOM is reported once (status oom, a clear message) and never retried: the same
     config would not fit the second time either."""
     from fer_ray.search.run import run_experiment
 
+    inject_fault("1:oom")
     record = run_experiment(SearchSettings(**{**SMOKE, "num_samples": 2, "max_failures": 2,
-                                              "storage": str(tmp_path), "name": "exp"}),
-                            fault=(1, "oom"))
+                                              "storage": str(tmp_path), "name": "exp"}))
     df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
     assert record["trials"] == {"oom": 2}
     assert df["error"].str.startswith("CUDA out of memory: injected").all()

@@ -56,11 +56,12 @@ def test_diverging_trials_stop_at_once_and_never_enter_an_ensemble(ray_local: An
     assert members and not members & set(diverged["trial_id"])
 
 
-def test_a_trial_that_keeps_crashing_is_recorded_as_errored(ray_local: Any,
+def test_a_trial_that_keeps_crashing_is_recorded_as_errored(inject_fault: Any,
                                                             tmp_path: Path) -> None:
     from fer_ray.search.run import run_experiment
 
-    record = run_experiment(_smoke(tmp_path, max_failures=1), fault=(1, "always"))
+    inject_fault("1:always")
+    record = run_experiment(_smoke(tmp_path, max_failures=1))
     df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
     assert record["trials"] == {"error": 2} and len(df) == 2
     assert df["error"].str.contains("injected failure").all()

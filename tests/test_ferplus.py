@@ -340,7 +340,7 @@ def test_report_tables_name_the_classes_they_are_given() -> None:
 
 # ------------------------------------------------------------ search end to end ----
 
-SMOKE_SPACE = Path(fer_ray.space.__file__).parent / "spaces" / "smoke.yaml"
+SMOKE_SPACE = fer_ray.space.SPACES_DIR / "smoke.yaml"
 VOTE_ALPHA_PARAM = "  data.vote_alpha: {type: uniform, low: 0.0, high: 1.0}\n"
 
 

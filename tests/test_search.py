@@ -68,12 +68,12 @@ def test_best_checkpoints_reproduce_their_validation_accuracy(
         assert json.loads((ckpt / "config.json").read_text())["epoch"] == row["best_epoch"]
 
 
-def test_crashed_trials_retry_from_their_checkpoint(ray_local: Any, tmp_path: Path) -> None:
+def test_crashed_trials_retry_from_their_checkpoint(inject_fault: Any, tmp_path: Path) -> None:
     """Every trial raises once after epoch 1; with max_failures it resumes at epoch 1."""
     from fer_ray.search.run import run_experiment
 
-    run_experiment(_settings(tmp_path, num_samples=2, grace_period=3, max_failures=1),
-                   fault=(1, "once"))
+    inject_fault("1:once")
+    run_experiment(_settings(tmp_path, num_samples=2, grace_period=3, max_failures=1))
     df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
     assert list(df["status"]) == ["completed", "completed"]
     assert list(df["resumed_from_epoch"]) == [1, 1]

@@ -287,6 +287,35 @@ def test_yaml_float_shorthand_and_good_file(tmp_path: Path) -> None:
     assert space.name == "mine" and space.param("optim.lr").low == 1e-4  # type: ignore[union-attr]
 
 
+MERGED = """params:
+  optim.optimizer: {type: choice, values: [sgd, adam]}
+  optim.lr:
+    by: optim.optimizer
+    sgd: &lr {type: loguniform, low: 1.0e-3, high: 1.0e-1}
+    adam:
+      <<: *lr
+      high: 1.0e-2
+"""
+
+
+def test_yaml_merge_keys_give_the_merged_values_and_the_written_ones_win(tmp_path: Path
+                                                                         ) -> None:
+    path = tmp_path / "merged.yaml"
+    path.write_text(MERGED)
+    lr = load_space(path).param("optim.lr")
+    assert lr is not None and lr.type == "by"
+    bounds = {value: (p.type, p.low, p.high) for value, p in lr.branches}
+    assert bounds == {"sgd": ("loguniform", 1e-3, 1e-1), "adam": ("loguniform", 1e-3, 1e-2)}
+
+
+def test_a_key_written_twice_next_to_a_merge_key_is_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(MERGED + "      high: 2.0e-2\n")
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    assert str(info.value) == f"{path}: line 9: invalid YAML: duplicate key 'high'"
+
+
 def test_constant_filters_set_the_number_of_blocks() -> None:
     space = space_from_dict({"params": {
         "model.filters": [8, 16],

@@ -29,6 +29,7 @@ from matplotlib.ticker import (
 from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.calibration import expected_calibration_error, reliability_curve
 from fer_ray.ensemble.decision import accuracy_coverage_curve, confidence
+from fer_ray.experiment import TrialStatus
 from fer_ray.metrics import accuracy
 from fer_ray.report.analysis import (
     as_category,
@@ -140,7 +141,8 @@ def plot_search_progress(results: pd.DataFrame, path: Path) -> Path:
     """
     df = results.sort_values("order")
     fig, ax = plt.subplots(figsize=(WIDTH, 4.0))
-    colors = {"completed": USABLE_COLOR, "early_stopped": STOPPED_COLOR}
+    colors: dict[str, str] = {TrialStatus.COMPLETED: USABLE_COLOR,
+                             TrialStatus.EARLY_STOPPED: STOPPED_COLOR}
     for status, group in df.groupby("status"):
         ax.scatter(group["order"], 100 * group["val_acc"], s=30,
                    color=colors.get(str(status), FAILED_COLOR), label=str(status), zorder=3)

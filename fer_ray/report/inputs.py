@@ -22,6 +22,7 @@ from fer_ray.ensemble.model import ENSEMBLE_JSON, Ensemble
 from fer_ray.ensemble.voting import soft_vote
 from fer_ray.errors import ConfigError, DataError, FerRayError
 from fer_ray.experiment import (
+    EPOCH_OK,
     RESULTS_PARQUET,
     USABLE,
     SearchSettings,
@@ -70,7 +71,7 @@ class Inputs:
 def read_history(trial_dir: Path) -> pd.DataFrame:
     """Per-epoch rows of a trial (result.json lines, else progress.csv); empty if neither.
 
-    Only rows with status_flag 'ok' are epochs (diverged/invalid reports are not).
+    Only rows with status_flag EPOCH_OK are epochs (diverged/invalid reports are not).
     """
     rows: list[dict[str, Any]] = []
     result = trial_dir / "result.json"
@@ -86,7 +87,7 @@ def read_history(trial_dir: Path) -> pd.DataFrame:
     else:
         return pd.DataFrame(columns=["epoch", "val_acc"])
     if "status_flag" in df:
-        df = df[df["status_flag"] == "ok"]
+        df = df[df["status_flag"] == EPOCH_OK]
     if not {"epoch", "val_acc"} <= set(df.columns):
         return pd.DataFrame(columns=["epoch", "val_acc"])
     return df.dropna(subset=["epoch", "val_acc"]).sort_values("epoch").reset_index(drop=True)

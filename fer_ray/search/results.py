@@ -18,6 +18,7 @@ import pandas as pd
 from fer_ray import storage
 from fer_ray.config import TrainConfig, to_dict
 from fer_ray.experiment import (
+    EPOCH_OK,
     TRIAL_NUMBER,
     TRIAL_PREFIX,
     USABLE,
@@ -33,14 +34,15 @@ def _history(result: Any) -> pd.DataFrame:
     return df if df is not None else pd.DataFrame()
 
 
-def _status(result: Any, history: pd.DataFrame, max_epochs: int, out_of_time: bool) -> str:
+def _status(result: Any, history: pd.DataFrame, max_epochs: int, out_of_time: bool
+            ) -> TrialStatus:
     if result.error is not None:
         return TrialStatus.ERROR
     flags = set(history.get("status_flag", pd.Series(dtype=str)).dropna())
     for flag in (TrialStatus.INVALID, TrialStatus.DIVERGED, TrialStatus.OOM):
         if flag in flags:
             return flag
-    ok = history[history.get("status_flag", "ok") == "ok"] if len(history) else history
+    ok = history[history.get("status_flag", EPOCH_OK) == EPOCH_OK] if len(history) else history
     epochs = int(ok["epoch"].max()) if len(ok) else 0
     if epochs == 0:  # nothing trained: cut by the deadline, or failed before epoch 1
         return TrialStatus.OUT_OF_TIME if out_of_time else TrialStatus.ERROR
@@ -84,9 +86,9 @@ def _trial_row(result: Any, space: SearchSpace, base: TrainConfig, metric: str, 
     trial_id = Path(result.path).name.removeprefix(TRIAL_PREFIX)
     status = _status(result, history, max_epochs, trial_id in out_of_time)
     params, number = split_trial_number(dict(result.config or {}))
-    ok = history[history["status_flag"] == "ok"] if "status_flag" in history else history
-    row: dict[str, Any] = {"trial_id": trial_id, TRIAL_NUMBER: number,
-                           "status": status, "asha_stopped": status == "early_stopped",
+    ok = history[history["status_flag"] == EPOCH_OK] if "status_flag" in history else history
+    row: dict[str, Any] = {"trial_id": trial_id, TRIAL_NUMBER: number, "status": status.value,
+                           "asha_stopped": status == TrialStatus.EARLY_STOPPED,
                            "val_acc": 0.0, "val_loss": math.inf, "val_macro_f1": 0.0,
                            "best_epoch": 0, "epochs_run": 0, "images_per_s": 0.0}
     if len(ok) and metric in ok:

@@ -95,8 +95,7 @@ def evaluate_best(df: Any, run: SearchRun) -> dict[str, dict[str, float]]:
 
 
 def run_experiment(settings: SearchSettings, resume: bool = False,
-                   fault: tuple[int, str] = (0, "once"), started: float | None = None
-                   ) -> dict[str, Any]:
+                   started: float | None = None) -> dict[str, Any]:
     """Run or resume a search, write search.json and results.parquet, print a leaderboard.
 
     started: when the run began (epoch seconds; default now), the start of a time budget.
@@ -128,7 +127,7 @@ def run_experiment(settings: SearchSettings, resume: bool = False,
         # Record the settings before the first trial, so an interrupted search can be resumed.
         record = first_record(settings, data, timing, started)
     with experiment_folder(path, None if resume else record):  # writes search.json
-        run = run_search(settings, space, data, timing, warm, resume=resume, fault=fault)
+        run = run_search(settings, space, data, timing, warm, resume=resume)
     return finish_experiment(settings, path, record, run)
 
 

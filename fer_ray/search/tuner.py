@@ -40,6 +40,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from fer_ray.experiment import (
+    EPOCH_OK,
     TRIAL_PREFIX,
     SearchSettings,
     base_config,
@@ -84,7 +85,7 @@ class BudgetedLimiter(ConcurrencyLimiter):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         seconds = float(result.get("time_this_iter_s") or 0.0)
-        if result.get("status_flag") == "ok" and seconds > 0:
+        if result.get("status_flag") == EPOCH_OK and seconds > 0:
             self.fastest_epoch = min(self.fastest_epoch or seconds, seconds)
         super().on_trial_result(trial_id, result)
 
@@ -135,7 +136,7 @@ class SearchPrinter(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
-        if result.get("status_flag") == "ok" and self.metric in result:
+        if result.get("status_flag") == EPOCH_OK and self.metric in result:
             value = float(result[self.metric])
             old = self.best.get(trial.trial_id)
             if old is None or self.sign * value > self.sign * old[0]:
@@ -167,9 +168,9 @@ class SearchPrinter(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
         result = trial.last_result or {}
-        flag = result.get("status_flag", "ok")
+        flag = result.get("status_flag", EPOCH_OK)
         epochs = int(result.get("epoch", 0))
-        if flag != "ok":
+        if flag != EPOCH_OK:
             self._line(trial, f"{flag} ({result.get('error', 'loss is not finite')})"[:200])
             return
         planned = int(result.get("planned_epochs", self.max_epochs))
@@ -245,16 +246,16 @@ def _max_concurrent(settings: SearchSettings) -> int:
 
 
 def build_trainable(settings: SearchSettings, space: SearchSpace, base: TrainConfig,
-                    data: FerData, fault: tuple[int, str] = (0, "once"),
-                    timing: Timing | None = None, early_stopping: bool = True) -> Any:
+                    data: FerData, timing: Timing | None = None, early_stopping: bool = True
+                    ) -> Any:
     """The trainable with data in the object store and per-trial resources attached."""
     assert data.train.labels is not None and data.val.labels is not None
     arrays = TrialData(data.train.images, data.train.labels, data.val.images, data.val.labels,
                        pixel_stats(data.train.images), data.train.vote_probs)
     setup = TrialSetup(space=space, base=base, max_epochs=settings.epochs_cap(),
                        cpus_per_trial=settings.cpus_per_trial,
-                       gpus_per_trial=settings.gpus_per_trial, fail_at_epoch=fault[0],
-                       fail_mode=fault[1], stop_at=timing.stop_at if timing else None,
+                       gpus_per_trial=settings.gpus_per_trial,
+                       stop_at=timing.stop_at if timing else None,
                        trial_seconds=timing.trial_seconds if timing else None,
                        early_stopping=early_stopping)
     trainable = tune.with_parameters(fer_trainable, data=arrays, setup=setup)
@@ -332,14 +333,11 @@ def scheduler(settings: SearchSettings, timing: Timing, slots: int) -> TrialSche
 
 
 def run_search(settings: SearchSettings, space: SearchSpace, data: FerData, timing: Timing,
-               warm: WarmStart | None = None, resume: bool = False,
-               fault: tuple[int, str] = (0, "once")) -> SearchRun:
+               warm: WarmStart | None = None, resume: bool = False) -> SearchRun:
     """Run (or resume) the search described by ``settings`` on ``data``.
 
     timing: the run's start and deadlines (a resumed run passes the original ones).
     warm: what the searcher starts from (default: the space's points).
-    fault: (epoch, "once"|"always") fault injection for tests: each trial raises after that
-    epoch, on its first attempt or on every attempt.
     """
     start = time.time()
     base = base_config(settings)
@@ -347,7 +345,7 @@ def run_search(settings: SearchSettings, space: SearchSpace, data: FerData, timi
         warm = warm_start(settings, space, base)
     init_ray(settings)
     max_concurrent = _max_concurrent(settings)
-    trainable = build_trainable(settings, space, base, data, fault, timing,
+    trainable = build_trainable(settings, space, base, data, timing,
                                 early_stopping=uses_asha(settings, timing, max_concurrent))
     path = experiment_location(settings)
     printer = SearchPrinter(settings, timing.started, timing.deadline, timing.stop_at)

@@ -29,8 +29,17 @@ from fer_ray.space._params import (
     _multiple,
 )
 
-# Shipped inside the package (package data), so a wheel install finds the named spaces.
-SPACES_DIR = Path(__file__).resolve().parent / "spaces"
+
+def _spaces_dir() -> Path:
+    """The named spaces: the checkout's top-level ``search_spaces/`` (what users open, copy
+    and edit), which a wheel carries as package data in ``fer_ray/space/spaces/``
+    (pyproject's package-dir maps one onto the other, so the repository holds one copy)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "spaces"
+    return packaged if packaged.is_dir() else here.parent.parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 TOP_LEVEL = ("description", "base", "params", "points")
 # Mirrors fer_ray.models.vgg_fer.MIN_BLOCKS/MAX_BLOCKS (a test checks): importing that module
 # imports torch, and loading a space must stay cheap.
@@ -46,15 +55,28 @@ OPTIONAL: dict[str, tuple[str, ...]] = {"int": ("step", "log")}
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader reading ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``; people write both)
-    and refusing duplicate keys (the first would otherwise vanish silently)."""
+    and refusing duplicate keys (the first would otherwise vanish silently). Merge keys
+    (``<<: *anchor``) work as YAML says: a key written next to them overrides the merged one."""
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
-        for i, key in enumerate(keys):
-            if key in keys[:i]:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", node.value[i][0].start_mark)
-        return super().construct_mapping(node, deep=deep)
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()  # ids of the mapping nodes whose keys were checked
+
+    def flatten_mapping(self, node: Any) -> None:
+        # Called on every mapping before its merge keys are expanded (and again, harmlessly,
+        # after): check the keys written in it, once, while they can still be told apart.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            keys: list[Any] = []
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if key in keys:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                keys.append(key)
+        super().flatten_mapping(node)
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
