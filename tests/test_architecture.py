@@ -246,7 +246,8 @@ def test_a_wheel_install_finds_the_named_search_spaces(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("fer_ray-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         spaces = sorted(n for n in archive.namelist() if n.endswith(".yaml"))
-    assert spaces == [f"fer_ray/space/spaces/{n}.yaml" for n in ("paper", "quick", "small", "smoke")]
+    assert spaces == [f"fer_ray/space/spaces/{n}.yaml"
+                      for n in ("paper", "quick", "small", "smoke")]
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(wheel)], check=True, timeout=600, capture_output=True)

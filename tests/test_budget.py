@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from fer_ray.config import TrainConfig, from_dict
-from fer_ray.experiment import DEFAULT_TRIALS, SearchSettings
+from fer_ray.experiment import SearchSettings
 from fer_ray.space import load_space
 
 pytestmark = pytest.mark.ray  # these tests run searches: Ray in-process or in a subprocess
@@ -154,9 +154,9 @@ def test_a_budgeted_search_killed_and_resumed_ends_by_its_deadline(tmp_path: Pat
     record = json.loads((tmp_path / "exp" / "search.json").read_text())
     assert record["timing"] == saved
     df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
-    # No trial count: more trials than a count-bounded search would run (the first run's
-    # and the resumed run's together).
-    assert len(df) > DEFAULT_TRIALS, df[["trial_id", "status", "epochs_run"]]
+    # No trial count: trials keep coming until the deadline, more than two per slot (6-8
+    # here across the kill, the Ray restart and the resumed run).
+    assert len(df) > 2 * 2, df[["trial_id", "status", "epochs_run"]]
     # Trials Ray created but never started before the deadline are no rows (not "error").
     assert "error" not in set(df["status"]) and (df["epochs_run"] > 0).any()
     assert (tmp_path / "exp" / "ensemble" / "ensemble.json").is_file()
