@@ -2,11 +2,13 @@
 
 Inputs: image files, folders (searched recursively), FER2013-style CSVs (a ``pixels``
 column) and ``.npz`` files with ``images``. Faces (``--faces``, see ``fer_ray.recognize``):
-``auto`` finds the faces in photos larger than a FER crop and takes small images and CSV/npz
-rows as faces; ``detect`` finds faces in every image file; ``none`` takes every input as one
-face. One CSV row per face: ``source, face, x, y, w, h, detector_score, label, label_name,
-p_<class> for each of the ensemble's classes (p_angry ... p_neutral for FER2013, p_neutral
-... p_contempt for FER+), [deferred,] error``; a photo without a face is one row saying so.
+``auto`` finds the faces in photos larger than a FER crop and takes small images, CSV/npz
+rows and crop-shaped images without a found face as faces; ``detect`` finds faces in every
+image file; ``none`` takes every input as one face. One CSV row per face: ``source, face, x,
+y, w, h, detector_score, label, label_name, p_<class> for each of the ensemble's classes
+(p_angry ... p_neutral for FER2013, p_neutral ... p_contempt for FER+), [deferred,]
+whole_image, error`` (whole_image 1: no face was detected, the whole image was classified as
+one face); a photo without a face is one row saying so.
 ``--annotate DIR`` writes each photo with its boxes and top emotions drawn on (PNG).
 
 Inputs that cannot be read (any file type, damaged, not a regular file, over a size limit)
@@ -36,7 +38,16 @@ from fer_ray.data.faces import MIN_FACE
 from fer_ray.data.inputs import Item, iter_inputs
 from fer_ray.errors import ConfigError, DataError
 from fer_ray.paths import check_output_dir, check_output_file, shown
-from fer_ray.recognize import ENGINES, FACES_MODES, NO_FACE, FaceResult, detects, too_small
+from fer_ray.recognize import (
+    CROP_MAX_SIDE,
+    ENGINES,
+    FACES_MODES,
+    FER_CROP_MAX,
+    NO_FACE,
+    FaceResult,
+    detects,
+    too_small,
+)
 
 if TYPE_CHECKING:  # imported when predicting: flags and paths are checked without torch
     from fer_ray.annotate import Annotator
@@ -88,7 +99,8 @@ class RowWriter:
         else:
             self.writer.writerow(["source", "face", "x", "y", "w", "h", "detector_score",
                                   "label", "label_name", *[f"p_{c}" for c in self.classes],
-                                  *(["deferred"] if options.defer else []), "error"])
+                                  *(["deferred"] if options.defer else []), "whole_image",
+                                  "error"])
 
     def _empty(self, source: str, error: str) -> None:
         self.counts.rows += 1
@@ -96,7 +108,7 @@ class RowWriter:
             self.writer.writerow([self.counts.rows - 1, ""])
             return
         self.writer.writerow([source, *[""] * (8 + len(self.classes)),
-                              *([""] if self.options.defer else []), error])
+                              *([""] if self.options.defer else []), "", error])
 
     def error(self, item: Item) -> None:
         print(f"error: {item.source}: {item.error}", file=sys.stderr)
@@ -116,7 +128,8 @@ class RowWriter:
         score = "" if face.detector_score is None else f"{face.detector_score:.3f}"
         self.writer.writerow([source, face.face, *face.box, score, face.label, face.label_name,
                               *[f"{p:.5f}" for p in face.probs],
-                              *([int(face.deferred)] if self.options.defer else []), ""])
+                              *([int(face.deferred)] if self.options.defer else []),
+                              int(face.whole_image), ""])
 
 
 def _write_faces(recognizer: Recognizer, items: list[Item], rows: RowWriter) -> None:
@@ -252,9 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch or onnx (onnxruntime, no torch); auto: onnx for .onnx files")
     p.add_argument("--out", type=Path, help="output CSV (default: standard output)")
     p.add_argument("--faces", choices=FACES_MODES, default="auto",
-                   help="auto: find faces in photos larger than 64 px, take smaller images "
-                        "and CSV/npz rows as faces; detect: always find faces; none: every "
-                        "input is one face")
+                   help=f"auto: find faces in photos larger than {FER_CROP_MAX} px, take "
+                        "smaller images, CSV/npz rows and crop-shaped images without a found "
+                        f"face (up to {CROP_MAX_SIDE} px, nearly square) as faces; detect: "
+                        "always find faces; none: every input is one face")
     p.add_argument("--min-face", type=_positive_int, default=MIN_FACE, metavar="PX",
                    help=f"smallest face to report, in the photo's pixels (default {MIN_FACE}; "
                         "the detector cannot find smaller ones)")

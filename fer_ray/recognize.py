@@ -10,7 +10,11 @@ Faces are found with OpenCV's cascade (``fer_ray.data.faces``), cropped FER2013-
 classified in one ensemble call per photo (``recognize``) or per list of photos
 (``recognize_many``: what a batching server wants). ``faces="auto"`` detects faces in images
 larger than a FER crop (over ``FER_CROP_MAX`` px on a side) and takes smaller images as one
-face; ``"detect"`` always detects; ``"none"`` takes every image as one face.
+face; where detection (``faces.find_faces``: the image, then a padded copy) finds none, an
+image shaped like a face crop (``looks_like_crop``) is taken whole as one face too, and a
+larger or wider one has no face. ``"detect"`` always detects and never takes the whole image;
+``"none"`` takes every image as one face. A face taken whole has ``whole_image`` true (its box
+is the whole image, its ``detector_score`` None).
 
 Two engines: a saved ensemble folder runs with PyTorch (on a GPU with ``device="cuda"``); an
 exported ``.onnx`` file runs with onnxruntime and never imports torch. Both give the same
@@ -28,7 +32,7 @@ import numpy as np
 
 from fer_ray import storage
 from fer_ray.data import CLASS_NAMES
-from fer_ray.data.faces import MIN_FACE, crop_face, detect_faces
+from fer_ray.data.faces import MIN_FACE, clip_box, crop_face, find_faces
 from fer_ray.data.images import read_photo, resize_face, to_gray
 from fer_ray.errors import ConfigError
 
@@ -36,6 +40,12 @@ FacesMode = Literal["auto", "detect", "none"]
 FACES_MODES: tuple[str, ...] = ("auto", "detect", "none")
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
 FER_CROP_MAX = 64  # px: "auto" takes images no larger than this on both sides as one face
+# "auto" takes an image in which no face is found as one face when it has a face crop's shape.
+# Aligned-face datasets crop square or nearly (FER2013 48x48, RAF-DB's aligned 100x100) and at
+# a few hundred px at most; a larger image, or a 4:3 frame (320x240 webcam), is more likely a
+# scene without a frontal face, and classifying it whole would invent an emotion.
+CROP_MAX_SIDE = 400  # px, the longer side
+CROP_MAX_ASPECT = 1.25  # longer side / shorter side
 NO_FACE = "no face found"
 MIN_SIDE = 8  # px: a smaller image cannot show a face; it is refused, not stretched to 48x48
 
@@ -82,13 +92,18 @@ class FaceResult:
     def label_name(self) -> str:
         return self.classes[self.label]
 
+    @property
+    def whole_image(self) -> bool:
+        """Whether no detector found this face: the whole image was classified as one face."""
+        return self.detector_score is None
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: face, box {x, y, w, h}, detector_score, label, label_name, probs
-        {class name: p}, deferred."""
+        """JSON-ready: face, box {x, y, w, h}, whole_image, detector_score, label, label_name,
+        probs {class name: p}, deferred."""
         x, y, w, h = self.box
         return {"face": self.face, "box": {"x": x, "y": y, "w": w, "h": h},
-                "detector_score": self.detector_score, "label": self.label,
-                "label_name": self.label_name,
+                "whole_image": self.whole_image, "detector_score": self.detector_score,
+                "label": self.label, "label_name": self.label_name,
                 "probs": {name: float(p) for name, p in zip(self.classes, self.probs,
                                                              strict=True)},
                 "deferred": self.deferred}
@@ -123,14 +138,25 @@ def too_small(shape: tuple[int, ...]) -> str:
     return f"{width}x{height} pixels: too small to show a face (at least {MIN_SIDE} a side)"
 
 
+def looks_like_crop(shape: tuple[int, ...]) -> bool:
+    """Whether an image of this (H, W[, C]) shape may be a face crop (see ``CROP_MAX_SIDE``)."""
+    longer, shorter = max(shape[:2]), min(shape[:2])
+    return longer <= CROP_MAX_SIDE and longer <= CROP_MAX_ASPECT * shorter
+
+
 def locate_faces(gray: np.ndarray, faces: str = "auto",
                  min_face: int = MIN_FACE) -> list[FaceCrop]:
-    """The faces of a (H, W) uint8 photo as FER crops; [] when detection finds none."""
+    """The faces of a (H, W) uint8 photo as FER crops, each (48, 48) uint8: the whole image
+    when it is not searched (``detects``) or, in "auto", when nothing is found in an image
+    shaped like a crop; [] when nothing is found otherwise (the photo has no face)."""
     height, width = gray.shape
-    if not detects(gray.shape, faces):
+    found = find_faces(gray, min_face) if detects(gray.shape, faces) else None
+    if found:
+        return [FaceCrop(i, clip_box(d, width, height), d.score, crop_face(gray, d))
+                for i, d in enumerate(found)]
+    if found is None or (faces == "auto" and looks_like_crop(gray.shape)):
         return [FaceCrop(0, (0, 0, width, height), None, resize_face(gray))]
-    return [FaceCrop(i, (d.x, d.y, d.w, d.h), d.score, crop_face(gray, d))
-            for i, d in enumerate(detect_faces(gray, min_face))]
+    return []
 
 
 class Recognizer:

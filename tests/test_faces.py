@@ -3,7 +3,10 @@
 Real pictures: scikit-image's astronaut (a portrait photo shipped inside its wheel) and
 photos built from FER2013 faces pasted enlarged at known squares (skipped without
 FER2013_DIR). The ensemble is a real tiny one with random weights: these tests are about
-where faces are and which crops are classified, not about accuracy.
+where faces are and which crops are classified, not about accuracy. Aligned-face crops (issue
+21) are the astronaut's face cut at a fraction of the detector's box and resized to 100x100:
+``TIGHT`` is missed by the cascade alone and found with margins added, ``TIGHTER`` is found
+by neither (so "auto" takes it whole), ``LOOSE`` has background around the face.
 """
 
 from __future__ import annotations
@@ -19,14 +22,23 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from fer_ray.data.faces import Detection, box_iou, crop_box, crop_face, detect_faces
-from fer_ray.data.images import decode_photo, read_photo, to_gray
+from fer_ray.data.faces import (
+    Detection,
+    box_iou,
+    crop_box,
+    crop_face,
+    detect_faces,
+    find_faces,
+)
+from fer_ray.data.images import decode_photo, read_photo, resize_face, to_gray
 from fer_ray.data.synthetic import paste_faces
 from fer_ray.predict import main
-from fer_ray.recognize import NO_FACE, Recognizer, locate_faces
+from fer_ray.recognize import NO_FACE, Recognizer, locate_faces, looks_like_crop
 from tests.support.cli import save_tiny_ensemble
+from tests.support.serve import astronaut_crop
 
 ASTRONAUT_FACE = (177, 66, 95, 95)  # x, y, w, h: where her face is (checked by eye)
+TIGHT, TIGHTER, LOOSE = 0.8, 0.6, 1.5  # crop side / the detector's box side (module doc)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +105,85 @@ def test_auto_takes_small_images_as_faces_and_searches_large_ones() -> None:
     big = to_gray(skdata.astronaut())[0]
     assert len(locate_faces(big, "auto")) == 1
     assert [c.box for c in locate_faces(big, "none")] == [(0, 0, 512, 512)]
+
+
+def test_a_tight_face_crop_is_found_on_a_padded_copy() -> None:
+    tight = astronaut_crop(TIGHT)
+    assert detect_faces(tight) == []  # issue 21: the cascade alone misses a face filling it
+    (found,) = find_faces(tight)
+    # The face box, 1/TIGHT of the crop and centred, reaches beyond the crop as found.
+    expected = (round(50 - 50 / TIGHT), round(50 - 50 / TIGHT), round(100 / TIGHT),
+                round(100 / TIGHT))
+    assert box_iou((found.x, found.y, found.w, found.h), expected) > 0.7
+    for mode in ("auto", "detect"):
+        (crop,) = locate_faces(tight, mode)
+        assert crop.detector_score == found.score and crop.box == (0, 0, 100, 100)
+        np.testing.assert_array_equal(crop.image, crop_face(tight, found))
+
+
+def test_a_crop_the_detector_misses_is_taken_whole_in_auto_and_refused_in_detect() -> None:
+    tighter = astronaut_crop(TIGHTER)
+    assert find_faces(tighter) == []  # not even with margins
+    (crop,) = locate_faces(tighter, "auto")
+    assert crop.box == (0, 0, 100, 100) and crop.detector_score is None
+    np.testing.assert_array_equal(crop.image, resize_face(tighter))
+    assert locate_faces(tighter, "detect") == []
+
+
+def test_a_loose_crop_is_found_by_the_detector_itself() -> None:
+    loose = astronaut_crop(LOOSE)
+    (found,) = detect_faces(loose)
+    (crop,) = locate_faces(loose, "auto")
+    assert crop.box == (found.x, found.y, found.w, found.h) and crop.detector_score is not None
+    assert box_iou(crop.box, (17, 17, 67, 67)) > 0.7  # 100 / LOOSE px, centred
+
+
+@pytest.mark.parametrize("name", ["coffee", "camera", "chelsea"])
+def test_a_photo_without_a_face_is_not_taken_whole(name: str) -> None:
+    """coffee 600x400 and chelsea 451x300 are too wide for a crop, camera 512x512 too large."""
+    gray = to_gray(getattr(skdata, name)())[0]
+    assert not looks_like_crop(gray.shape)
+    assert locate_faces(gray, "auto") == []
+
+
+def test_which_shapes_may_be_face_crops() -> None:
+    assert looks_like_crop((100, 100)) and looks_like_crop((400, 400, 3))
+    assert looks_like_crop((125, 100)) and looks_like_crop((100, 125))  # 5:4 either way
+    assert not looks_like_crop((401, 401)) and not looks_like_crop((240, 320))  # 4:3 frame
+    # The rule's price: a small square without a face is classified as one.
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200), dtype=np.uint8)
+    assert [c.detector_score for c in locate_faces(noise, "auto")] == [None]
+
+
+def test_predict_and_the_api_mark_the_faces_taken_whole(ensemble: Path, tmp_path: Path) -> None:
+    photos = {"tight": astronaut_crop(TIGHT), "tighter": astronaut_crop(TIGHTER),
+              "loose": astronaut_crop(LOOSE), "coffee": skdata.coffee()}
+    paths = {name: tmp_path / f"{name}.png" for name in photos}
+    for name, image in photos.items():
+        Image.fromarray(image).save(paths[name])
+    rec = Recognizer.load(ensemble, device="cpu")
+    # name -> (whole_image, error) per mode: "detect" never takes an image whole.
+    expected = {"auto": {"tight": ("0", ""), "tighter": ("1", ""), "loose": ("0", ""),
+                         "coffee": ("", NO_FACE)},
+                "detect": {"tight": ("0", ""), "tighter": ("", NO_FACE), "loose": ("0", ""),
+                           "coffee": ("", NO_FACE)}}
+    for mode, marks in expected.items():
+        out = tmp_path / f"{mode}.csv"
+        assert main(["--ensemble", str(ensemble), "--faces", mode, "--out", str(out),
+                     *map(str, paths.values())]) == 0
+        df = pd.read_csv(out, keep_default_na=False, dtype=str).set_index("source")
+        assert list(df.columns[-2:]) == ["whole_image", "error"]
+        rows = {name: df.loc[str(path)] for name, path in paths.items()}
+        assert {name: (r["whole_image"], r["error"]) for name, r in rows.items()} == marks
+        results = rec.recognize_many(list(photos.values()), faces=mode)
+        for row, result in zip(rows.values(), results, strict=True):
+            assert result.error == row["error"] and len(result.faces) == (row["error"] == "")
+            for face in result.faces:  # the API marks and classifies as the CLI rows say
+                assert face.to_dict()["whole_image"] is face.whole_image
+                assert str(int(face.whole_image)) == row["whole_image"]
+                assert tuple(int(row[k]) for k in "xywh") == face.box
+                probs = row[[c for c in row.index if c.startswith("p_")]].to_numpy(float)
+                np.testing.assert_allclose(probs, face.probs, atol=6e-6)
 
 
 def test_the_python_api_matches_the_cli_rows(ensemble: Path, astronaut: Path,

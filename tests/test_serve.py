@@ -14,7 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from support.serve import Service, astronaut_png, listening_addresses, png_bytes
+from support.serve import (
+    Service,
+    astronaut_crop,
+    astronaut_png,
+    listening_addresses,
+    png_bytes,
+)
 
 from fer_ray.data import CLASS_NAMES
 from fer_ray.predict import main as predict_main
@@ -117,6 +123,27 @@ def test_a_raw_image_body_and_a_photo_without_a_face(served: Service) -> None:
     assert response.status_code == 200, response.text
     (result,) = response.json()["photos"]
     assert result["faces"] == [] and result["error"] == "no face found"
+
+
+def test_a_face_crop_the_detector_misses_is_answered_whole_as_predict_does(
+        served: Service, tmp_path: Path) -> None:
+    """Issue 21: the face cut at 0.6 of the detector's box, 100x100, is found by neither
+    detection nor its padded retry; "auto" classifies it whole and says so, "detect" not."""
+    crop = png_bytes(astronaut_crop(0.6))
+    path = tmp_path / "crop.png"
+    path.write_bytes(crop)
+    out = tmp_path / "rows.csv"
+    assert predict_main(["--ensemble", str(served.ensemble), str(path), "--out", str(out)]) == 0
+    (_, row), = pd.read_csv(out, keep_default_na=False).iterrows()
+    response = post_file(served, crop)
+    assert response.status_code == 200, response.text
+    (face,) = response.json()["photos"][0]["faces"]
+    assert (face["whole_image"], face["detector_score"], row.whole_image) == (True, None, 1)
+    assert face["box"] == {"x": 0, "y": 0, "w": 100, "h": 100} == dict(row[list("xywh")])
+    expected = row[[f"p_{c}" for c in CLASS_NAMES]].to_numpy(float)
+    np.testing.assert_allclose(probs(face), expected, rtol=0, atol=1e-5)
+    (detected,) = post_file(served, crop, query="?faces=detect").json()["photos"]
+    assert detected["faces"] == [] and detected["error"] == "no face found"
 
 
 def test_a_1x1_image_is_answered_with_no_face_and_why(served: Service) -> None:

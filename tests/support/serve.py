@@ -66,6 +66,23 @@ def astronaut_png() -> bytes:
     return out.getvalue()
 
 
+def astronaut_crop(fraction: float, side: int = 100) -> np.ndarray:
+    """(side, side) uint8 gray: the astronaut's face as an aligned-face dataset crops it, a
+    square ``fraction`` of the detector's box side about the box's centre (under 1: tighter
+    than the box, as RAF-DB's 100x100 faces are), resized to ``side`` px."""
+    from skimage import data
+
+    from fer_ray.data.faces import detect_faces
+    from fer_ray.data.images import to_gray
+
+    gray = to_gray(data.astronaut())[0]
+    (box,) = detect_faces(gray)  # found on the whole photo, where it has background around it
+    crop = round(box.w * fraction)
+    left, top = round(box.x + (box.w - crop) / 2), round(box.y + (box.h - crop) / 2)
+    face = Image.fromarray(gray[top:top + crop, left:left + crop])
+    return np.asarray(face.resize((side, side), Image.Resampling.BOX))
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(array).save(out, "PNG")
