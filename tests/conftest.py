@@ -13,15 +13,22 @@ from fer_ray.config import DataConfig
 from fer_ray.data import FerData, RawDataset, prepare
 from fer_ray.data.synthetic import make_synthetic
 
-RAY_FIXTURES = {"ray_local", "smoke_experiment", "served"}
+RAY_FIXTURES = {"ray_local", "smoke_experiment", "served", "ray_gpu"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start Ray through a fixture get the ``ray`` marker (modules that start it
-    in subprocesses set ``pytestmark``), so ``-m "not slow and not ray"`` is a quick loop."""
+    in subprocesses set ``pytestmark``), so ``-m "not slow and not ray"`` is a quick loop.
+
+    ``gpu`` tests run in the serial pass (``make test``'s second): one GPU is shared by
+    everything a test starts, and two xdist workers must not race for it. Those that start
+    no Ray are marked ``slow`` here (they train on real data), so none lands in the quick
+    pass: ``pytest --collect-only -m "gpu and not slow and not ray"`` lists nothing."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("gpu") and not item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

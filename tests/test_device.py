@@ -135,10 +135,16 @@ def test_predict_on_cuda_gives_the_cpu_labels(fer2013_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ray_gpu():  # type: ignore[no-untyped-def]
-    """A local Ray with the machine's GPUs (the session-wide fixture may be running)."""
+    """A local Ray with the machine's GPUs: the session-wide one when it runs already (it
+    sees the GPUs too), else one of its own, shut down after this module's tests (so a later
+    ``ray_local`` can start its own)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
+    if started:
+        ray.shutdown()

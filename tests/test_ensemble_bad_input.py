@@ -58,15 +58,20 @@ def _nothing(t: Path) -> None:
     return None
 
 
-def _results_pointing(recorded: str, trial: str = "a") -> Callable[[Path], None]:
+def _results_pointing(recorded: str, trial: str = "a", at: str = "outside/checkpoint_000001",
+                      recorded_fingerprint: str | None = None) -> Callable[[Path], None]:
     """A finished-looking experiment whose results.parquet records a checkpoint outside it,
-    where a complete, usable checkpoint waits: reading it would build an ensemble."""
+    where a complete, usable checkpoint waits: reading it would build an ensemble.
+
+    at: where that checkpoint is written (under the test's folder); recorded_fingerprint:
+    the data fingerprint search.json records (default: the data's own)."""
     def make(t: Path) -> None:
         settings = {"synthetic_size": 300}
         data = load_search_data(SearchSettings(**settings))  # type: ignore[arg-type]
         (t / "exp" / "search.json").write_text(json.dumps(
-            {"settings": settings, "data": {"fingerprint": fingerprint(data)}}))
-        outside = t / "outside" / "checkpoint_000001"
+            {"settings": settings,
+             "data": {"fingerprint": recorded_fingerprint or fingerprint(data)}}))
+        outside = t / at
         config = TrainConfig(model=MODEL_PRESETS["vgg_fer_tiny"])
         save_model(create_model("vgg_fer_tiny"), outside, config)
         np.save(outside / "val_probs.npy", np.full((len(data.val), 7), 1 / 7, np.float32))
@@ -119,6 +124,12 @@ CASES: list[Case] = [
      [], "trial id '../../outside': not a plain name"),
     ("checkpoint named ..", _results_pointing("{t}/outside/.."), [],
      "not a trial checkpoint"),
+    # A complete experiment but for its data: the faces its settings load now are not the
+    # ones it was searched on (the validation probabilities would be of other faces).
+    ("data fingerprint differs", _results_pointing(
+        "{t}/exp/trial_a/checkpoint_000001", at="exp/trial_a/checkpoint_000001",
+        recorded_fingerprint="0123456789abcdef"), [],
+     "exp: the data no longer matches the experiment's fingerprint"),
 ]
 
 

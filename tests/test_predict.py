@@ -16,7 +16,6 @@ from PIL import Image
 
 from fer_ray.data import CLASS_NAMES
 from fer_ray.ensemble.build import build_ensemble
-from fer_ray.experiment import SearchSettings, load_search_data
 from fer_ray.metrics import accuracy
 from fer_ray.predict import main
 
@@ -117,18 +116,6 @@ def test_missing_member_file_is_one_line(ensemble_and_test: tuple[Path, Path, fl
                            str(test)], capture_output=True, text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "missing weights file" in lines[0]
-
-
-def test_predict_does_not_import_ray() -> None:
-    code = "import sys, fer_ray.predict, fer_ray.ensemble.build; sys.exit('ray' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
-
-
-def test_search_settings_load_without_ray() -> None:
-    code = ("import sys; from fer_ray.experiment import load_search_data; "
-            "sys.exit('ray' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
-    assert SearchSettings().space == "small" and load_search_data is not None
 
 
 def test_kaggle_rows_keep_their_ids_and_an_unreadable_row_gets_no_label(

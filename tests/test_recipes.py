@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from fer_ray.config import AugmentConfig, OptimConfig, TrainConfig, merge
 from fer_ray.data import FerData
+from fer_ray.errors import ConfigError
 from fer_ray.train import Trainer, fit, get_preset
 from fer_ray.train.augment import mix_batch, random_crop, random_erasing
 from fer_ray.train.loop import pixel_stats, resolve_precision
@@ -94,11 +96,33 @@ def test_shortened_schedule_anneals_by_the_new_end() -> None:
     assert restored.lr_lambdas[0].total_steps == 40  # type: ignore[union-attr]
 
 
-def test_precision_rule() -> None:
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16"
-    assert resolve_precision("auto", cpu) in ("bf16", "fp32")
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("flags : fpu sse avx2 amx_bf16 amx_tile", "bf16"),
+    ("flags : fpu sse avx2 avx512f avx512_bf16", "bf16"),
+    ("flags : fpu sse avx2 avx512f avx512bw", "fp32"),  # bf16 only emulated: slower than fp32
+    (None, "fp32"),  # no /proc/cpuinfo
+])
+def test_precision_rule(flags: str | None, expected: str, tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto is bf16 exactly where the CPU has native bf16 (AMX or AVX512-BF16); bf16 and
+    fp32 are taken as given, anything else is refused."""
+    from fer_ray.train import loop
+
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:
+        cpuinfo.write_text(f"processor : 0\n{flags}\n")
+    real_path = loop.Path
+    monkeypatch.setattr(loop, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    loop._cpu_has_native_bf16.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        assert resolve_precision("auto", cpu) == expected
+        assert resolve_precision("fp32", cpu) == "fp32"
+        assert resolve_precision("bf16", cpu) == "bf16"
+        with pytest.raises(ConfigError, match="precision: 'fp16' is not auto, bf16 or fp32"):
+            resolve_precision("fp16", cpu)
+    finally:
+        loop._cpu_has_native_bf16.cache_clear()
 
 
 def test_pixel_stats_match_numpy() -> None:
@@ -133,9 +157,27 @@ def test_spatial_dropout_drops_whole_feature_maps(small_data: FerData) -> None:
     assert torch.all((per_map == 0).all(dim=2) | (per_map != 0).all(dim=2))
 
 
-def test_training_precision_is_recorded_and_bf16_trains(small_data: FerData) -> None:
-    result = fit(merge(TINY, {"epochs": 2, "precision": "bf16"}), small_data, "cpu")
-    assert math.isfinite(result.history[-1]["train_loss"])
-    assert result.val_probs.dtype == np.float32
-    np.testing.assert_allclose(result.val_probs.sum(1), 1.0, atol=1e-5)
+def _conv_output_dtypes(config: TrainConfig, data: FerData) -> dict[str, set[torch.dtype]]:
+    """The dtypes the first conv layer's output had in training and in evaluation, for one
+    epoch of ``config``."""
+    trainer = Trainer(config, data.train, data.val, "cpu")
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen: dict[str, set[torch.dtype]] = {"train": set(), "eval": set()}
+    conv.register_forward_hook(lambda m, i, out: seen[
+        "train" if m.training else "eval"].add(out.dtype))
+    metrics = trainer.run_epoch()
+    assert math.isfinite(metrics["train_loss"]) and trainer.precision == config.precision
+    assert trainer.val_probs.dtype == np.float32
+    np.testing.assert_allclose(trainer.val_probs.sum(1), 1.0, atol=1e-5)
+    return seen
+
+
+def test_bf16_training_runs_under_bf16_autocast_and_evaluates_in_fp32(
+        small_data: FerData) -> None:
+    """precision bf16: the convolutions compute in bf16 while training; evaluation (what a
+    checkpoint's validation probabilities come from) stays fp32. fp32 is fp32 throughout."""
+    bf16 = _conv_output_dtypes(merge(TINY, {"epochs": 1, "precision": "bf16"}), small_data)
+    assert bf16 == {"train": {torch.bfloat16}, "eval": {torch.float32}}
+    fp32 = _conv_output_dtypes(merge(TINY, {"epochs": 1, "precision": "fp32"}), small_data)
+    assert fp32 == {"train": {torch.float32}, "eval": {torch.float32}}
     assert TrainConfig().precision == "auto"

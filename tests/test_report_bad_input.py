@@ -151,3 +151,31 @@ def test_a_report_replaces_only_its_own_folder(experiment: Path) -> None:
     assert "report.html" in names and "report.md" in names
     assert sorted(p.name for p in experiment.iterdir()) == [
         "ensemble", "report", "results.parquet", "search.json"]
+
+
+@pytest.mark.parametrize("recorded", ["the data's own", "another", "none"])
+def test_data_that_no_longer_matches_its_fingerprint_is_left_out_with_a_note(
+        experiment: Path, recorded: str) -> None:
+    """The report reads the experiment's data again: when it no longer matches the
+    fingerprint search.json recorded (or none was recorded), the sections drawn from the data
+    are left out, with a note saying why, rather than drawn from other faces."""
+    from fer_ray.data import fingerprint
+    from fer_ray.experiment import SearchSettings, load_search_data
+    from fer_ray.report.inputs import load_inputs
+
+    data = load_search_data(SearchSettings(synthetic_size=300))
+    record = json.loads((experiment / "search.json").read_text())
+    if recorded != "none":
+        record["data"] = {"fingerprint": fingerprint(data) if recorded == "the data's own"
+                          else "0123456789abcdef"}
+    (experiment / "search.json").write_text(json.dumps(record))
+    inputs = load_inputs(experiment, device="cpu")
+    note = ("the data at the experiment's path no longer matches its fingerprint, so the "
+            "class distribution and confusion matrices are left out")
+    if recorded == "the data's own":
+        assert inputs.data is not None and note not in inputs.notes
+        assert len(inputs.data.val) == len(data.val)
+    else:
+        left_out = inputs.data is None
+        assert left_out and note in inputs.notes, ("data kept" if not left_out else "",
+                                                   inputs.notes)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fer_ray.config import TrainConfig, from_dict
 from fer_ray.experiment import SearchSettings
@@ -68,6 +69,35 @@ def test_best_checkpoints_reproduce_their_validation_accuracy(
         assert json.loads((ckpt / "config.json").read_text())["epoch"] == row["best_epoch"]
 
 
+def test_each_trial_keeps_only_its_best_checkpoint_and_its_latest(
+        smoke_experiment: tuple[Path, dict[str, Any]]) -> None:
+    """CheckpointConfig(num_to_keep=1) by val_acc: of the checkpoint a trial reports every
+    epoch, one is kept, the best epoch's (Ray also keeps the latest, for retries: one folder
+    when the best epoch is the last)."""
+    path, _ = smoke_experiment
+    df = pd.read_parquet(path / "results.parquet")
+    assert (df["epochs_run"] > 1).any()  # some trial reported more than one checkpoint
+    for _, row in df.iterrows():
+        kept = sorted((path / f"trial_{row['trial_id']}").glob("checkpoint_*"))
+        epochs = [json.loads((c / "config.json").read_text())["epoch"] for c in kept]
+        assert sorted(epochs) == sorted({row["best_epoch"], row["epochs_run"]}), (
+            row["trial_id"], [c.name for c in kept])
+        assert Path(row["best_checkpoint"]) in kept
+
+
+def test_every_trial_trained_with_its_own_seed(
+        smoke_experiment: tuple[Path, dict[str, Any]]) -> None:
+    """The search's seed (0) plus the trial's number: five trials, five seeds, recorded in
+    each trial's config and in every epoch it reported."""
+    path, _ = smoke_experiment
+    df = pd.read_parquet(path / "results.parquet").sort_values("trial_number")
+    seeds = [json.loads(c)["seed"] for c in df["config_json"]]
+    assert seeds == list(range(5)) == df["trial_number"].tolist()
+    for trial, seed in zip(df["trial_id"], seeds, strict=True):
+        lines = (path / f"trial_{trial}" / "result.json").read_text().splitlines()
+        assert {json.loads(line)["seed"] for line in lines} == {seed}
+
+
 def test_crashed_trials_retry_from_their_checkpoint(inject_fault: Any, tmp_path: Path) -> None:
     """Every trial raises once after epoch 1; with max_failures it resumes at epoch 1."""
     from fer_ray.search.run import run_experiment
@@ -83,11 +113,30 @@ def test_crashed_trials_retry_from_their_checkpoint(inject_fault: Any, tmp_path:
 
 
 def test_time_budget_stops_launching_trials(ray_local: Any, tmp_path: Path) -> None:
+    """A 24 s budget for 50 trials: trials stop at 18 s (6 s are kept for what follows
+    them), no trial starts training once less than its minimum share of time is left (a
+    quarter of a trial's share, here 4.5 s), and the whole run ends within its budget."""
     from fer_ray.search.run import run_experiment
+    from fer_ray.search.tuner import BudgetedLimiter
 
-    record = run_experiment(_settings(tmp_path, num_samples=50, time_budget=0.4))
-    assert 1 <= sum(record["trials"].values()) < 50
-    assert (tmp_path / "exp" / "results.parquet").is_file()
+    started = time.time()
+    record = run_experiment(_settings(tmp_path, num_samples=50, time_budget=0.4),
+                            started=started)
+    wall = time.time() - started
+    timing = record["timing"]
+    assert timing["stop_at"] - started == pytest.approx(18.0)
+    assert timing["trial_seconds"] == pytest.approx(18.0)
+    assert wall <= 24.0, f"{wall:.1f} s for a 24 s budget"
+    df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
+    assert 1 <= len(df) == sum(record["trials"].values()) < 50
+    last_start = timing["stop_at"] - BudgetedLimiter.MIN_SHARE * timing["trial_seconds"]
+    starts = {}
+    for trial in df["trial_id"]:
+        first = json.loads((tmp_path / "exp" / f"trial_{trial}" / "result.json").read_text()
+                           .splitlines()[0])
+        starts[trial] = first["train_end"] - first["epoch_seconds"] - started
+    # 2 s for a trial to start training once proposed (its model and data on the device)
+    assert max(starts.values()) <= last_start - started + 2.0, (last_start - started, starts)
 
 
 def test_a_budget_too_short_for_any_trial_is_one_clear_error(ray_local: Any,
@@ -159,6 +208,7 @@ def test_cli_bad_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpus_per_trial_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
     proc = _run_cli("--space", "smoke", "--gpus-per-trial", "0.5", "--storage", str(tmp_path),
                     "--synthetic-size", "300")

@@ -34,6 +34,15 @@ def _existing_experiment(t: Path) -> None:
     (t / "runs" / "exp" / "search.json").write_text('{"settings": {}}')
 
 
+def _experiment_of_other_data(t: Path) -> None:
+    """An interrupted experiment whose search.json records another data fingerprint than its
+    settings now load (the data changed since): a resume must not mix the two."""
+    (t / "runs" / "exp").mkdir(parents=True)
+    settings = {"name": "exp", "space": "smoke", "synthetic_size": 300}
+    (t / "runs" / "exp" / "search.json").write_text(json.dumps(
+        {"settings": settings, "data": {"fingerprint": "0123456789abcdef"}}))
+
+
 def _pipe(t: Path) -> None:
     fifo(t / "pipe.npz")
 
@@ -59,6 +68,8 @@ CASES: list[Case] = [
     ("--resume --name ../x", _nothing, ["--resume", "--name", "../x"], "not a plain name"),
     ("--resume without --name", _nothing, ["--resume"], "--resume needs --name"),
     ("--resume of nothing", _nothing, ["--resume", "--name", "x"], "not a fer-ray experiment"),
+    ("--resume with other data", _experiment_of_other_data, ["--resume", "--name", "exp"],
+     "runs/exp: the data no longer matches the experiment's fingerprint"),
     ("fresh run into an experiment", _existing_experiment, ["--name", "exp"],
      "already holds an experiment or other files; continue it with --resume --name exp"),
     ("--seed -1", _nothing, ["--seed", "-1"], "--seed: -1 must be between 0 and 2**32 - 1"),
@@ -118,7 +129,8 @@ CASES: list[Case] = [
 
 # Refused after fer_ray.search.run (and so Ray) is imported, and named pipes (a reader that
 # opened one would block: a real process has a timeout).
-REAL = {"--resume without --name", "--resume of nothing", "fresh run into an experiment",
+REAL = {"--resume without --name", "--resume of nothing", "--resume with other data",
+        "fresh run into an experiment",
         "--cpus-per-trial 999", "--gpus-per-trial 1 without a GPU", "--address of nothing",
         "--storage under a file", "--space missing", "--space a named pipe",
         "--data a named pipe", "--data of 81-megapixel images", "--data label 9",

@@ -58,8 +58,10 @@ def test_a_photo_gets_the_predict_cli_probabilities(served: Service, photo: byte
     path = tmp_path / "astronaut.png"
     path.write_bytes(photo)
     out = tmp_path / "rows.csv"
-    assert predict_main(["--ensemble", str(served.ensemble), "--faces", "detect",
-                         str(path), "--out", str(out)]) == 0
+    # --device cpu, where the service runs (no GPU asked for): on a GPU, TF32 convolutions
+    # would differ from the CPU's figures by far more than 1e-5.
+    assert predict_main(["--ensemble", str(served.ensemble), "--device", "cpu", "--faces",
+                         "detect", str(path), "--out", str(out)]) == 0
     rows = pd.read_csv(out, keep_default_na=False)
     response = post_file(served, photo)
     assert response.status_code == 200, response.text
@@ -184,6 +186,23 @@ def test_bad_requests_get_a_one_line_4xx_and_the_service_keeps_serving(
         served: Service, photo: bytes, send: Any, status: int, expected: str) -> None:
     assert_refused(send(served, photo), status, expected)
     assert post_file(served, photo).status_code == 200
+
+
+def test_16_photos_in_one_request_are_answered_and_17_are_refused(served: Service) -> None:
+    """MAX_PHOTOS (16) per request, as multipart files or as JSON: one more is a 400 that
+    says so, before any photo is decoded."""
+    small = [png_bytes(np.random.default_rng(i).integers(0, 256, (48, 48), dtype=np.uint8))
+             for i in range(17)]
+    files = [("file", (f"p{i}.png", data, "image/png")) for i, data in enumerate(small)]
+    response = requests.post(served.url + "predict", files=files[:16], timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert [p["source"] for p in response.json()["photos"]] == [f"p{i}.png" for i in range(16)]
+    refused = "17 photos in one request; at most 16"
+    assert_refused(requests.post(served.url + "predict", files=files, timeout=TIMEOUT), 400,
+                   refused)
+    body = {"images": [base64.b64encode(data).decode() for data in small]}
+    assert_refused(requests.post(served.url + "predict", json=body, timeout=TIMEOUT), 400,
+                   refused)
 
 
 def test_healthz_and_info(served: Service) -> None:
