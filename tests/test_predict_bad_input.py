@@ -437,7 +437,7 @@ def test_a_killed_run_leaves_the_old_output_and_no_temp_file(case_dir: Path) -> 
     import time
 
     t = case_dir
-    np.savez(t / "many.npz", images=faces(200_000))
+    np.savez(t / "many.npz", images=faces(60_000))
     proc = subprocess.Popen([sys.executable, "-m", "fer_ray.predict", "--ensemble",
                              str(t / "ens"), "--out", str(t / "old.csv"), str(t / "many.npz")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

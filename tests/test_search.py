@@ -113,14 +113,15 @@ def test_crashed_trials_retry_from_their_checkpoint(inject_fault: Any, tmp_path:
 
 
 def test_time_budget_stops_launching_trials(ray_local: Any, tmp_path: Path) -> None:
-    """A 24 s budget for 50 trials: trials stop at 18 s (6 s are kept for what follows
-    them), no trial starts training once less than its minimum share of time is left (a
-    quarter of a trial's share, here 4.5 s), and the whole run ends within its budget."""
+    """A 24 s budget without a trial count: trials (3 smoke epochs, done in seconds) keep
+    coming, stop at 18 s (6 s are kept for what follows them), no trial starts training
+    once less than its minimum share of time is left (a quarter of a trial's share, here
+    4.5 s), and the whole run ends within its budget."""
     from fer_ray.search.run import run_experiment
     from fer_ray.search.tuner import BudgetedLimiter
 
     started = time.time()
-    record = run_experiment(_settings(tmp_path, num_samples=50, time_budget=0.4),
+    record = run_experiment(_settings(tmp_path, num_samples=None, time_budget=0.4),
                             started=started)
     wall = time.time() - started
     timing = record["timing"]
@@ -128,7 +129,7 @@ def test_time_budget_stops_launching_trials(ray_local: Any, tmp_path: Path) -> N
     assert timing["trial_seconds"] == pytest.approx(18.0)
     assert wall <= 24.0, f"{wall:.1f} s for a 24 s budget"
     df = pd.read_parquet(tmp_path / "exp" / "results.parquet")
-    assert 1 <= len(df) == sum(record["trials"].values()) < 50
+    assert 2 < len(df) == sum(record["trials"].values())
     last_start = timing["stop_at"] - BudgetedLimiter.MIN_SHARE * timing["trial_seconds"]
     starts = {}
     for trial in df["trial_id"]:
